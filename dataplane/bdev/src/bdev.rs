@@ -1,0 +1,312 @@
+//! The block device abstraction: what a bdev is, how its backend serves I/O on one thread,
+//! and the validated channel that consumers submit to.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use crate::io::{IoCompletion, IoError, IoOp, IoRequest, IoStatus, IoTypes};
+use crate::BdevError;
+
+/// What every bdev describes about itself.
+pub struct BdevInfo {
+    name: String,
+    uuid: Uuid,
+    block_size: u32,
+    num_blocks: AtomicU64,
+    io_types: IoTypes,
+    module: &'static str,
+    volatile_write_cache: bool,
+    removed: AtomicBool,
+}
+
+impl BdevInfo {
+    /// Checks the geometry: block size 512 or 4096, at least one block, a usable name.
+    pub fn new(
+        name: &str,
+        module: &'static str,
+        block_size: u32,
+        num_blocks: u64,
+        io_types: IoTypes,
+    ) -> Result<Self, BdevError> {
+        validate_name(name)?;
+        if block_size != 512 && block_size != 4096 {
+            return Err(BdevError::InvalidBlockSize(block_size));
+        }
+        if num_blocks == 0 {
+            return Err(BdevError::ZeroSize(name.to_string()));
+        }
+        if num_blocks.checked_mul(block_size as u64).is_none() {
+            return Err(BdevError::TooLarge(name.to_string()));
+        }
+        Ok(BdevInfo {
+            name: name.to_string(),
+            uuid: Uuid::new_v4(),
+            block_size,
+            num_blocks: AtomicU64::new(num_blocks),
+            io_types,
+            module,
+            volatile_write_cache: false,
+            removed: AtomicBool::new(false),
+        })
+    }
+
+    pub fn with_uuid(mut self, uuid: Uuid) -> Self {
+        self.uuid = uuid;
+        self
+    }
+
+    /// Marks the device as having a volatile write cache (flush is needed for durability).
+    pub fn with_volatile_write_cache(mut self, on: bool) -> Self {
+        self.volatile_write_cache = on;
+        self
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    pub fn uuid(&self) -> Uuid {
+        self.uuid
+    }
+
+    pub fn block_size(&self) -> u32 {
+        self.block_size
+    }
+
+    pub fn num_blocks(&self) -> u64 {
+        self.num_blocks.load(Ordering::Acquire)
+    }
+
+    /// For bdevs that can be resized; holders are told through the registry.
+    pub fn set_num_blocks(&self, n: u64) {
+        self.num_blocks.store(n, Ordering::Release);
+    }
+
+    pub fn size_bytes(&self) -> u64 {
+        self.num_blocks() * self.block_size as u64
+    }
+
+    pub fn io_types(&self) -> IoTypes {
+        self.io_types
+    }
+
+    pub fn supports(&self, op: IoOp) -> bool {
+        self.io_types.supports(op)
+    }
+
+    /// The backend module's name (`malloc`, `null`, `uring`, ...).
+    pub fn module(&self) -> &'static str {
+        self.module
+    }
+
+    pub fn volatile_write_cache(&self) -> bool {
+        self.volatile_write_cache
+    }
+
+    pub fn is_removed(&self) -> bool {
+        self.removed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn mark_removed(&self) {
+        self.removed.store(true, Ordering::Release);
+    }
+}
+
+impl fmt::Debug for BdevInfo {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BdevInfo")
+            .field("name", &self.name)
+            .field("module", &self.module)
+            .field("uuid", &self.uuid)
+            .field("block_size", &self.block_size)
+            .field("num_blocks", &self.num_blocks())
+            .finish()
+    }
+}
+
+pub(crate) fn validate_name(name: &str) -> Result<(), BdevError> {
+    let ok = !name.is_empty()
+        && name.len() <= 255
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_.:/@".contains(c));
+    if ok {
+        Ok(())
+    } else {
+        Err(BdevError::InvalidName(name.to_string()))
+    }
+}
+
+/// A block device. Shared by all threads; I/O goes through per-thread channels.
+pub trait Bdev: Send + Sync + 'static {
+    fn info(&self) -> &BdevInfo;
+
+    /// Creates an I/O channel for the calling thread (a reactor). Control path: may allocate.
+    fn create_channel(self: Arc<Self>) -> Result<Box<dyn IoChannelBackend>, BdevError>;
+
+    /// Called once when the bdev is unregistered, after new opens became impossible.
+    fn on_remove(&self) {}
+}
+
+/// A backend's per-thread I/O queue. `!Send`: it lives on the thread that created it.
+pub trait IoChannelBackend {
+    /// Starts `req`. Every submitted request completes exactly once, through `poll`, never
+    /// from inside `submit`.
+    fn submit(&mut self, req: IoRequest);
+
+    /// Hands finished requests to `done`; returns how many.
+    fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize;
+
+    /// Requests submitted and not yet handed back.
+    fn in_flight(&self) -> usize;
+}
+
+/// Counters of one channel (per reactor, per open bdev). Plain integers: only the owning
+/// thread writes them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ChannelStats {
+    pub reads: u64,
+    pub read_bytes: u64,
+    pub writes: u64,
+    pub write_bytes: u64,
+    pub other_ops: u64,
+    pub errors: u64,
+}
+
+impl ChannelStats {
+    fn record(&mut self, c: &IoCompletion, block_size: u64) {
+        if c.status.is_err() {
+            self.errors += 1;
+            return;
+        }
+        let bytes = c.req.num_blocks * block_size;
+        match c.req.op {
+            IoOp::Read => {
+                self.reads += 1;
+                self.read_bytes += bytes;
+            }
+            IoOp::Write => {
+                self.writes += 1;
+                self.write_bytes += bytes;
+            }
+            _ => self.other_ops += 1,
+        }
+    }
+
+    pub fn add(&mut self, o: &ChannelStats) {
+        self.reads += o.reads;
+        self.read_bytes += o.read_bytes;
+        self.writes += o.writes;
+        self.write_bytes += o.write_bytes;
+        self.other_ops += o.other_ops;
+        self.errors += o.errors;
+    }
+}
+
+/// What consumers submit I/O to: a backend channel behind checks of every request against
+/// the bdev (supported op, block range, buffer size, write permission, removal), so that no
+/// backend ever sees an invalid request.
+pub struct BdevChannel {
+    bdev: Arc<dyn Bdev>,
+    backend: Box<dyn IoChannelBackend>,
+    writable: bool,
+    rejected: VecDeque<IoCompletion>,
+    stats: ChannelStats,
+}
+
+impl BdevChannel {
+    pub(crate) fn new(bdev: Arc<dyn Bdev>, writable: bool) -> Result<Self, BdevError> {
+        let backend = bdev.clone().create_channel()?;
+        Ok(BdevChannel {
+            bdev,
+            backend,
+            writable,
+            rejected: VecDeque::with_capacity(64),
+            stats: ChannelStats::default(),
+        })
+    }
+
+    pub fn info(&self) -> &BdevInfo {
+        self.bdev.info()
+    }
+
+    /// Starts `req`; it completes (possibly with an error) through [`BdevChannel::poll`].
+    #[inline]
+    pub fn submit(&mut self, req: IoRequest) {
+        match self.check(&req) {
+            Ok(()) => self.backend.submit(req),
+            Err(e) => self.rejected.push_back(IoCompletion {
+                status: Err(e),
+                req,
+            }),
+        }
+    }
+
+    /// Hands finished requests to `done`; returns how many.
+    #[inline]
+    pub fn poll(&mut self, mut done: impl FnMut(IoCompletion)) -> usize {
+        let block_size = self.bdev.info().block_size() as u64;
+        let mut n = 0;
+        while let Some(c) = self.rejected.pop_front() {
+            self.stats.record(&c, block_size);
+            done(c);
+            n += 1;
+        }
+        let stats = &mut self.stats;
+        n + self.backend.poll(&mut |c| {
+            stats.record(&c, block_size);
+            done(c)
+        })
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.backend.in_flight() + self.rejected.len()
+    }
+
+    pub fn stats(&self) -> ChannelStats {
+        self.stats
+    }
+
+    fn check(&self, req: &IoRequest) -> IoStatus {
+        let info = self.bdev.info();
+        if info.is_removed() {
+            return Err(IoError::Removed);
+        }
+        let op = req.op;
+        if !info.supports(op) {
+            return Err(IoError::Unsupported(op));
+        }
+        if !self.writable && matches!(op, IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap) {
+            return Err(IoError::ReadOnly);
+        }
+        if op.has_range() {
+            if req.num_blocks == 0 {
+                return Err(IoError::Empty(op));
+            }
+            let num_blocks = info.num_blocks();
+            let in_range = req
+                .offset_blocks
+                .checked_add(req.num_blocks)
+                .is_some_and(|end| end <= num_blocks);
+            if !in_range {
+                return Err(IoError::OutOfRange {
+                    offset: req.offset_blocks,
+                    count: req.num_blocks,
+                    num_blocks,
+                });
+            }
+        }
+        if op.has_data() {
+            let need = req.num_blocks * info.block_size() as u64;
+            let have = req.buf.len() as u64;
+            if have < need {
+                return Err(IoError::BufferTooSmall { need, have });
+            }
+        }
+        Ok(())
+    }
+}
