@@ -875,9 +875,7 @@ fn run_loop(ctx: &Rc<LocalContext>, idle: IdlePolicy) {
         }
         if !busy && end.wrapping_sub(last_busy) >= spin_ticks {
             let slept_from = ticks();
-            if sleep(ctx) {
-                shared.sleeps.fetch_add(1, Ordering::Relaxed);
-            }
+            sleep(ctx);
             let woke = ticks();
             shared
                 .idle_ticks
@@ -887,9 +885,9 @@ fn run_loop(ctx: &Rc<LocalContext>, idle: IdlePolicy) {
     }
 }
 
-/// Sleeps until a message, a registered fd or the next timed poller's deadline. Returns false
-/// if there turned out to be work and it did not sleep.
-fn sleep(ctx: &LocalContext) -> bool {
+/// Sleeps until a message, a registered fd or the next timed poller's deadline (unless work
+/// arrived meanwhile).
+fn sleep(ctx: &LocalContext) {
     let shared = &ctx.shared;
     let now = ticks();
     let next_deadline = ctx
@@ -912,8 +910,9 @@ fn sleep(ctx: &LocalContext) -> bool {
         || !ctx.added.borrow().is_empty()
     {
         shared.waker.sleeping.store(false, Ordering::SeqCst);
-        return false;
+        return;
     }
+    shared.sleeps.fetch_add(1, Ordering::Relaxed);
     let ts = libc::timespec {
         tv_sec: (timeout_ns / 1_000_000_000) as libc::time_t,
         tv_nsec: (timeout_ns % 1_000_000_000) as libc::c_long,
@@ -938,7 +937,6 @@ fn sleep(ctx: &LocalContext) -> bool {
             shared.waker.drain();
         }
     }
-    true
 }
 
 fn shutdown(ctx: &Rc<LocalContext>) {
