@@ -7,16 +7,19 @@
 //! with [`BdevChannel::submit`] carrying scatter-gather pool buffers, and come back with their
 //! status from [`BdevChannel::poll`]. Nothing on that path locks or allocates in steady state.
 //!
-//! Backends here need no hardware: [`malloc`] (RAM) and [`null`]. Files and block devices
-//! through io_uring are in the `gyre-uring` driver.
+//! Backends here need no hardware: [`malloc`] (RAM) and [`null`], and the fault injector
+//! [`inject`] stacked on another bdev for tests. Files and block devices through io_uring are
+//! in the `gyre-uring` driver.
 
 pub mod bdev;
+pub mod inject;
 pub mod io;
 pub mod malloc;
 pub mod null;
 pub mod registry;
 
 pub use bdev::{Bdev, BdevChannel, BdevInfo, ChannelStats, IoChannelBackend};
+pub use inject::{Faults, InjectBdev};
 pub use io::{IoCompletion, IoError, IoFlags, IoOp, IoRequest, IoStatus, IoTypes};
 pub use malloc::MallocBdev;
 pub use null::NullBdev;

@@ -791,7 +791,10 @@ fn apply_additions(ctx: &LocalContext) {
 
 /// Removes unregistered and finished pollers, calling their `shutdown` outside any borrow
 /// (a shutdown hook may register or remove pollers itself).
-fn apply_removals(ctx: &LocalContext, gone: &mut Vec<PollerEntry>) {
+fn apply_removals(ctx: &LocalContext, gone: &mut Vec<PollerEntry>, any_done: bool) {
+    if !any_done && ctx.removed.borrow().is_empty() {
+        return;
+    }
     {
         let mut removed = ctx.removed.borrow_mut();
         let mut pollers = ctx.pollers.borrow_mut();
@@ -829,7 +832,7 @@ fn run_loop(ctx: &Rc<LocalContext>, idle: IdlePolicy) {
     loop {
         let start = ticks();
         let mut busy = run_messages(shared, 256) > 0;
-        apply_removals(ctx, &mut gone);
+        apply_removals(ctx, &mut gone, false);
         apply_additions(ctx);
         let mut any_done = false;
         for p in ctx.pollers.borrow_mut().iter_mut() {
@@ -859,7 +862,7 @@ fn run_loop(ctx: &Rc<LocalContext>, idle: IdlePolicy) {
             }
         }
         if any_done {
-            apply_removals(ctx, &mut gone);
+            apply_removals(ctx, &mut gone, true);
         }
         let end = ticks();
         let elapsed = end.wrapping_sub(start);
@@ -945,7 +948,7 @@ fn shutdown(ctx: &Rc<LocalContext>) {
     let mut gone = Vec::new();
     loop {
         let n = run_messages(shared, usize::MAX);
-        apply_removals(ctx, &mut gone);
+        apply_removals(ctx, &mut gone, false);
         apply_additions(ctx);
         if n == 0 && shared.messages.is_empty() {
             break;
