@@ -17,6 +17,7 @@ pub mod io;
 pub mod malloc;
 pub mod null;
 pub mod registry;
+pub mod testing;
 
 pub use bdev::{Bdev, BdevChannel, BdevInfo, ChannelStats, IoChannelBackend};
 pub use inject::{Faults, InjectBdev};

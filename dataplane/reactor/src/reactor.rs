@@ -432,6 +432,7 @@ struct PollerEntry {
 
 struct LocalContext {
     shared: Arc<Shared>,
+    idle: IdlePolicy,
     epoll: OwnedFd,
     pollers: RefCell<Vec<PollerEntry>>,
     added: RefCell<Vec<PollerEntry>>,
@@ -462,6 +463,12 @@ impl LocalReactor {
 
     pub fn core(&self) -> usize {
         self.ctx.shared.core
+    }
+
+    /// How this reactor idles. Pollers can skip wake-up plumbing (eventfds) that only a
+    /// sleeping reactor needs when it never sleeps.
+    pub fn idle_policy(&self) -> IdlePolicy {
+        self.ctx.idle
     }
 
     pub fn handle(&self) -> ReactorHandle {
@@ -731,6 +738,7 @@ fn reactor_thread(
     };
     let ctx = Rc::new(LocalContext {
         shared: shared.clone(),
+        idle,
         epoll,
         pollers: RefCell::new(Vec::new()),
         added: RefCell::new(Vec::new()),

@@ -253,7 +253,9 @@ fn build_ring() -> io::Result<(IoUring, bool)> {
 }
 
 impl RingCtx {
-    fn new(on_reactor: bool) -> Result<Self, BdevError> {
+    /// `wake_eventfd`: whether a sleeping reactor must be woken by completions (hybrid idle);
+    /// a busy-polling reactor never sleeps, so it gets no eventfd and no drain syscalls.
+    fn new(on_reactor: bool, wake_eventfd: bool) -> Result<Self, BdevError> {
         let (ring, coop) = build_ring().map_err(|source| BdevError::Io {
             context: "cannot create an io_uring".to_string(),
             source,
@@ -298,7 +300,7 @@ impl RingCtx {
                 false
             }
         };
-        let eventfd = if on_reactor {
+        let eventfd = if on_reactor && wake_eventfd {
             // SAFETY: plain syscall; the result is checked.
             let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
             if fd < 0 {
@@ -806,7 +808,10 @@ fn thread_ctx() -> Result<Rc<RefCell<RingCtx>>, BdevError> {
             return Ok(c.clone());
         }
         let local = gyre_reactor::local();
-        let ctx = Rc::new(RefCell::new(RingCtx::new(local.is_some())?));
+        let sleeps = local
+            .as_ref()
+            .is_some_and(|l| l.idle_policy() != gyre_reactor::IdlePolicy::Poll);
+        let ctx = Rc::new(RefCell::new(RingCtx::new(local.is_some(), sleeps)?));
         if let Some(local) = local {
             if let Some(fd) = ctx.borrow().eventfd.as_ref() {
                 local
