@@ -834,6 +834,9 @@ fn thread_ctx() -> Result<Rc<RefCell<RingCtx>>, BdevError> {
 pub struct UringChannel {
     ctx: Rc<RefCell<RingCtx>>,
     id: u32,
+    /// Requests submitted while the thread's ring context was borrowed (a re-entrant call);
+    /// they go in at the next poll rather than being lost.
+    deferred: VecDeque<IoRequest>,
 }
 
 pub(crate) fn open_channel(bdev: Arc<UringBdev>) -> Result<UringChannel, BdevError> {
@@ -842,13 +845,18 @@ pub(crate) fn open_channel(bdev: Arc<UringBdev>) -> Result<UringChannel, BdevErr
         .try_borrow_mut()
         .map_err(|_| BdevError::Backend("io_uring context busy".to_string()))?
         .add_channel(bdev);
-    Ok(UringChannel { ctx, id })
+    Ok(UringChannel {
+        ctx,
+        id,
+        deferred: VecDeque::new(),
+    })
 }
 
 impl IoChannelBackend for UringChannel {
     fn submit(&mut self, req: IoRequest) {
-        if let Ok(mut ctx) = self.ctx.try_borrow_mut() {
-            ctx.submit(self.id, req);
+        match self.ctx.try_borrow_mut() {
+            Ok(mut ctx) => ctx.submit(self.id, req),
+            Err(_) => self.deferred.push_back(req),
         }
     }
 
@@ -857,6 +865,9 @@ impl IoChannelBackend for UringChannel {
             let Ok(mut ctx) = self.ctx.try_borrow_mut() else {
                 return 0;
             };
+            while let Some(req) = self.deferred.pop_front() {
+                ctx.submit(self.id, req);
+            }
             if !ctx.on_reactor {
                 ctx.flush_backlog();
                 if ctx.needs_enter() {
@@ -884,7 +895,7 @@ impl IoChannelBackend for UringChannel {
     }
 
     fn in_flight(&self) -> usize {
-        self.ctx.try_borrow().map_or(0, |c| c.in_flight(self.id))
+        self.deferred.len() + self.ctx.try_borrow().map_or(0, |c| c.in_flight(self.id))
     }
 }
 
