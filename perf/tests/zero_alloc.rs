@@ -1,12 +1,11 @@
 //! A job in steady state allocates nothing: a counting global allocator around a job driving
 //! malloc and null bdevs, polled on the test thread the way a reactor polls it.
 
-use std::alloc::{GlobalAlloc, Layout, System};
-use std::cell::Cell;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use gyre_bdev::testing::{allocations_on_this_thread, CountingAlloc};
 use gyre_perf::engine::allocate_buffers;
 use gyre_perf::job::{Job, JobPlan, JobProgress, Phase, StartGate};
 use gyre_perf::target::bdev::{BdevOptions, BdevSpec, BdevTarget};
@@ -14,40 +13,11 @@ use gyre_perf::target::Target;
 use gyre_perf::workload::{Limit, RwMode, Workload};
 use gyre_reactor::{PollStatus, Poller};
 
-struct CountingAlloc;
-
-thread_local! {
-    static ALLOCS: Cell<u64> = const { Cell::new(0) };
-}
-
-fn count() {
-    let _ = ALLOCS.try_with(|c| c.set(c.get() + 1));
-}
-
-// SAFETY: forwards to the system allocator; only counts.
-unsafe impl GlobalAlloc for CountingAlloc {
-    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
-        count();
-        System.alloc(layout)
-    }
-    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
-        count();
-        System.alloc_zeroed(layout)
-    }
-    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
-        count();
-        System.realloc(ptr, layout, new_size)
-    }
-    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
-        System.dealloc(ptr, layout)
-    }
-}
-
 #[global_allocator]
 static GLOBAL: CountingAlloc = CountingAlloc;
 
 fn allocations() -> u64 {
-    ALLOCS.with(|c| c.get())
+    allocations_on_this_thread()
 }
 
 /// Polls a randrw job until `warmup` I/Os completed, then counts allocations over `measured`

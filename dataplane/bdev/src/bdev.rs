@@ -276,37 +276,45 @@ impl BdevChannel {
         if info.is_removed() {
             return Err(IoError::Removed);
         }
-        let op = req.op;
-        if !info.supports(op) {
-            return Err(IoError::Unsupported(op));
-        }
-        if !self.writable && matches!(op, IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap) {
+        if !self.writable && matches!(req.op, IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap) {
             return Err(IoError::ReadOnly);
         }
-        if op.has_range() {
-            if req.num_blocks == 0 {
-                return Err(IoError::Empty(op));
-            }
-            let num_blocks = info.num_blocks();
-            let in_range = req
-                .offset_blocks
-                .checked_add(req.num_blocks)
-                .is_some_and(|end| end <= num_blocks);
-            if !in_range {
-                return Err(IoError::OutOfRange {
-                    offset: req.offset_blocks,
-                    count: req.num_blocks,
-                    num_blocks,
-                });
-            }
-        }
-        if op.has_data() {
-            let need = req.num_blocks * info.block_size() as u64;
-            let have = req.buf.len() as u64;
-            if have < need {
-                return Err(IoError::BufferTooSmall { need, have });
-            }
-        }
-        Ok(())
+        check_request(info, req)
     }
+}
+
+/// Checks a request against the device: operation supported, block range inside the device
+/// (without overflow), buffers large enough. Every channel applies it; a backend that can be
+/// driven directly may apply it again.
+#[inline]
+pub fn check_request(info: &BdevInfo, req: &IoRequest) -> IoStatus {
+    let op = req.op;
+    if !info.supports(op) {
+        return Err(IoError::Unsupported(op));
+    }
+    if op.has_range() {
+        if req.num_blocks == 0 {
+            return Err(IoError::Empty(op));
+        }
+        let num_blocks = info.num_blocks();
+        let in_range = req
+            .offset_blocks
+            .checked_add(req.num_blocks)
+            .is_some_and(|end| end <= num_blocks);
+        if !in_range {
+            return Err(IoError::OutOfRange {
+                offset: req.offset_blocks,
+                count: req.num_blocks,
+                num_blocks,
+            });
+        }
+    }
+    if op.has_data() {
+        let need = req.num_blocks.saturating_mul(info.block_size() as u64);
+        let have = req.buf.len() as u64;
+        if have < need {
+            return Err(IoError::BufferTooSmall { need, have });
+        }
+    }
+    Ok(())
 }

@@ -19,7 +19,7 @@ pub mod null;
 pub mod registry;
 pub mod testing;
 
-pub use bdev::{Bdev, BdevChannel, BdevInfo, ChannelStats, IoChannelBackend};
+pub use bdev::{check_request, Bdev, BdevChannel, BdevInfo, ChannelStats, IoChannelBackend};
 pub use inject::{Faults, InjectBdev};
 pub use io::{IoCompletion, IoError, IoFlags, IoOp, IoRequest, IoStatus, IoTypes};
 pub use malloc::MallocBdev;

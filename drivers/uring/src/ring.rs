@@ -153,36 +153,7 @@ impl ChannelState {
     /// The backend's own checks: the bdev layer's channel already did them, but a backend
     /// used directly must not trust its caller either.
     fn check(&self, req: &IoRequest) -> IoStatus {
-        let info = self.bdev.info();
-        let op = req.op;
-        if !info.supports(op) {
-            return Err(IoError::Unsupported(op));
-        }
-        if op.has_range() {
-            if req.num_blocks == 0 {
-                return Err(IoError::Empty(op));
-            }
-            let num_blocks = info.num_blocks();
-            let in_range = req
-                .offset_blocks
-                .checked_add(req.num_blocks)
-                .is_some_and(|end| end <= num_blocks);
-            if !in_range {
-                return Err(IoError::OutOfRange {
-                    offset: req.offset_blocks,
-                    count: req.num_blocks,
-                    num_blocks,
-                });
-            }
-        }
-        if op.has_data() {
-            let need = req.num_blocks.saturating_mul(self.block_size);
-            let have = req.buf.len() as u64;
-            if have < need {
-                return Err(IoError::BufferTooSmall { need, have });
-            }
-        }
-        Ok(())
+        gyre_bdev::check_request(self.bdev.info(), req)
     }
 
     fn complete(&mut self, status: IoStatus, req: IoRequest) {
