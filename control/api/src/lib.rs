@@ -1,0 +1,1 @@
+//! JSON-RPC request and response types shared by gyred and gyrectl.

@@ -1,0 +1,3 @@
+//! The NVMe/TCP transport (NVMe/TCP Transport Specification 1.x).
+
+pub mod pdu;

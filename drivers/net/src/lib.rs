@@ -1,0 +1,1 @@
+//! Poll groups over non-blocking TCP sockets.
