@@ -4,11 +4,13 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
+use gyre_reactor::clock::ticks;
 use uuid::Uuid;
 
 use crate::io::{IoCompletion, IoError, IoOp, IoRequest, IoStatus, IoTypes};
+use crate::stats::{BdevIoStats, IoCounters, IoStatsSnapshot, OpKind, TicksToNs};
 use crate::BdevError;
 
 /// What every bdev describes about itself.
@@ -21,6 +23,8 @@ pub struct BdevInfo {
     module: &'static str,
     volatile_write_cache: bool,
     removed: AtomicBool,
+    assigned_uuid: OnceLock<Uuid>,
+    io_stats: BdevIoStats,
 }
 
 impl BdevInfo {
@@ -51,6 +55,8 @@ impl BdevInfo {
             module,
             volatile_write_cache: false,
             removed: AtomicBool::new(false),
+            assigned_uuid: OnceLock::new(),
+            io_stats: BdevIoStats::default(),
         })
     }
 
@@ -70,7 +76,19 @@ impl BdevInfo {
     }
 
     pub fn uuid(&self) -> Uuid {
-        self.uuid
+        self.assigned_uuid.get().copied().unwrap_or(self.uuid)
+    }
+
+    /// Gives an already built bdev the UUID it had before (from a saved configuration), for
+    /// backends whose constructor draws a random one. Call it before registering the bdev.
+    /// Only the first assignment counts; returns whether this one did.
+    pub fn assign_uuid(&self, uuid: Uuid) -> bool {
+        self.assigned_uuid.set(uuid).is_ok()
+    }
+
+    /// I/O statistics of every channel this bdev has had.
+    pub fn io_stats(&self) -> IoStatsSnapshot {
+        self.io_stats.snapshot()
     }
 
     pub fn block_size(&self) -> u32 {
@@ -121,7 +139,7 @@ impl fmt::Debug for BdevInfo {
         f.debug_struct("BdevInfo")
             .field("name", &self.name)
             .field("module", &self.module)
-            .field("uuid", &self.uuid)
+            .field("uuid", &self.uuid())
             .field("block_size", &self.block_size)
             .field("num_blocks", &self.num_blocks())
             .finish()
@@ -178,22 +196,14 @@ pub struct ChannelStats {
 }
 
 impl ChannelStats {
-    fn record(&mut self, c: &IoCompletion, block_size: u64) {
-        if c.status.is_err() {
-            self.errors += 1;
-            return;
-        }
-        let bytes = c.req.num_blocks * block_size;
-        match c.req.op {
-            IoOp::Read => {
-                self.reads += 1;
-                self.read_bytes += bytes;
-            }
-            IoOp::Write => {
-                self.writes += 1;
-                self.write_bytes += bytes;
-            }
-            _ => self.other_ops += 1,
+    fn from_snapshot(s: &IoStatsSnapshot) -> Self {
+        ChannelStats {
+            reads: s.read.ops,
+            read_bytes: s.read.bytes,
+            writes: s.write.ops,
+            write_bytes: s.write.bytes,
+            other_ops: s.other.ops,
+            errors: s.errors(),
         }
     }
 
@@ -215,18 +225,20 @@ pub struct BdevChannel {
     backend: Box<dyn IoChannelBackend>,
     writable: bool,
     rejected: VecDeque<IoCompletion>,
-    stats: ChannelStats,
+    counters: Arc<IoCounters>,
+    ticks_to_ns: TicksToNs,
 }
 
 impl BdevChannel {
     pub(crate) fn new(bdev: Arc<dyn Bdev>, writable: bool) -> Result<Self, BdevError> {
         let backend = bdev.clone().create_channel()?;
         Ok(BdevChannel {
-            bdev,
             backend,
             writable,
             rejected: VecDeque::with_capacity(64),
-            stats: ChannelStats::default(),
+            counters: bdev.info().io_stats.register(),
+            ticks_to_ns: TicksToNs::new(),
+            bdev,
         })
     }
 
@@ -236,7 +248,8 @@ impl BdevChannel {
 
     /// Starts `req`; it completes (possibly with an error) through [`BdevChannel::poll`].
     #[inline]
-    pub fn submit(&mut self, req: IoRequest) {
+    pub fn submit(&mut self, mut req: IoRequest) {
+        req.submitted_at = ticks();
         match self.check(&req) {
             Ok(()) => self.backend.submit(req),
             Err(e) => self.rejected.push_back(IoCompletion {
@@ -250,15 +263,35 @@ impl BdevChannel {
     #[inline]
     pub fn poll(&mut self, mut done: impl FnMut(IoCompletion)) -> usize {
         let block_size = self.bdev.info().block_size() as u64;
+        let counters = &*self.counters;
+        let conv = self.ticks_to_ns;
+        // Read the clock once per poll that completes something.
+        let mut now = 0;
+        let mut record = |c: &IoCompletion| {
+            let kind = OpKind::of(c.req.op);
+            if c.status.is_err() {
+                counters.record_error(kind);
+                return;
+            }
+            if now == 0 {
+                now = ticks();
+            }
+            let bytes = if matches!(c.req.op, IoOp::Read | IoOp::Write) {
+                c.req.num_blocks * block_size
+            } else {
+                0
+            };
+            let latency = conv.ns(now.saturating_sub(c.req.submitted_at));
+            counters.record_ok(kind, bytes, latency);
+        };
         let mut n = 0;
         while let Some(c) = self.rejected.pop_front() {
-            self.stats.record(&c, block_size);
+            record(&c);
             done(c);
             n += 1;
         }
-        let stats = &mut self.stats;
         n + self.backend.poll(&mut |c| {
-            stats.record(&c, block_size);
+            record(&c);
             done(c)
         })
     }
@@ -267,8 +300,9 @@ impl BdevChannel {
         self.backend.in_flight() + self.rejected.len()
     }
 
+    /// This channel's counts so far (the bdev's totals are [`BdevInfo::io_stats`]).
     pub fn stats(&self) -> ChannelStats {
-        self.stats
+        ChannelStats::from_snapshot(&self.counters.snapshot())
     }
 
     fn check(&self, req: &IoRequest) -> IoStatus {
@@ -280,6 +314,12 @@ impl BdevChannel {
             return Err(IoError::ReadOnly);
         }
         check_request(info, req)
+    }
+}
+
+impl Drop for BdevChannel {
+    fn drop(&mut self) {
+        self.bdev.info().io_stats.retire(&self.counters);
     }
 }
 

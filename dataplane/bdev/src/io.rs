@@ -146,6 +146,8 @@ pub struct IoRequest {
     pub buf: SgList,
     /// The submitter's own identification of the request, returned untouched.
     pub tag: u64,
+    /// Tick at which a channel accepted the request (for latency statistics).
+    pub(crate) submitted_at: u64,
 }
 
 impl IoRequest {
@@ -157,6 +159,7 @@ impl IoRequest {
             flags: IoFlags::default(),
             buf,
             tag,
+            submitted_at: 0,
         }
     }
 

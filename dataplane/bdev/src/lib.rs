@@ -17,6 +17,7 @@ pub mod io;
 pub mod malloc;
 pub mod null;
 pub mod registry;
+pub mod stats;
 pub mod testing;
 
 pub use bdev::{check_request, Bdev, BdevChannel, BdevInfo, ChannelStats, IoChannelBackend};
@@ -25,6 +26,7 @@ pub use io::{IoCompletion, IoError, IoFlags, IoOp, IoRequest, IoStatus, IoTypes}
 pub use malloc::MallocBdev;
 pub use null::NullBdev;
 pub use registry::{BdevDesc, BdevEvent, BdevEventHandler, BdevRegistry, BdevSummary};
+pub use stats::{IoStatsSnapshot, KindStats, OpKind};
 
 /// Errors of the bdev control path (creating, opening, claiming, deleting).
 #[derive(Debug, thiserror::Error)]
