@@ -55,7 +55,7 @@ impl fmt::Display for Size {
         const UNITS: [(u32, &str); 5] = [(50, "P"), (40, "T"), (30, "G"), (20, "M"), (10, "K")];
         for (shift, unit) in UNITS {
             let m = 1u64 << shift;
-            if self.0 >= m && self.0 % m == 0 {
+            if self.0 >= m && self.0 & (m - 1) == 0 {
                 return write!(f, "{}{}", self.0 / m, unit);
             }
         }
