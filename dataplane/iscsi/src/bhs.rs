@@ -1045,8 +1045,7 @@ impl Bhs {
             }
             BhsBody::ScsiCommand(p) => {
                 b[0] |= imm(p.immediate);
-                b[1] =
-                    bit(p.final_, F) | bit(p.read, 0x40) | bit(p.write, 0x20) | p.attr as u8;
+                b[1] = bit(p.final_, F) | bit(p.read, 0x40) | bit(p.write, 0x20) | p.attr as u8;
                 b[8..16].copy_from_slice(&p.lun.0);
                 put32(b, 16, p.itt);
                 put32(b, 20, p.expected_data_transfer_length);
@@ -1377,7 +1376,10 @@ mod tests {
         assert!(d.final_ && d.status_present && d.underflow && !d.overflow);
         assert_eq!(d.itt, 0xdead_beef);
         assert_eq!(d.ttt, RESERVED_TAG);
-        assert_eq!((d.data_sn, d.buffer_offset, d.residual_count), (1, 4096, 512));
+        assert_eq!(
+            (d.data_sn, d.buffer_offset, d.residual_count),
+            (1, 4096, 512)
+        );
         assert_eq!(bhs.data_segment_len, 512);
     }
 

@@ -82,7 +82,10 @@ mod tests {
     #[test]
     fn rfc3720_vectors() {
         assert_eq!(digest_to_wire(crc32c(&[0u8; 32])), [0xaa, 0x36, 0x91, 0x8a]);
-        assert_eq!(digest_to_wire(crc32c(&[0xffu8; 32])), [0x43, 0xab, 0xa8, 0x62]);
+        assert_eq!(
+            digest_to_wire(crc32c(&[0xffu8; 32])),
+            [0x43, 0xab, 0xa8, 0x62]
+        );
         let inc: Vec<u8> = (0u8..32).collect();
         assert_eq!(digest_to_wire(crc32c(&inc)), [0x4e, 0x79, 0xdd, 0x46]);
         let dec: Vec<u8> = (0u8..32).rev().collect();

@@ -214,7 +214,7 @@ pub fn encode_header(
     digests: Digests,
     out: &mut [u8],
 ) -> Result<usize, FramingError> {
-    if ahs.len() % 4 != 0 || ahs.len() > MAX_AHS_LEN {
+    if ahs.len() & 3 != 0 || ahs.len() > MAX_AHS_LEN {
         return Err(FramingError::AhsAreaLength(ahs.len()));
     }
     let need = BHS_LEN + ahs.len() + if digests.header { DIGEST_LEN } else { 0 };
@@ -587,7 +587,10 @@ mod tests {
         // Odd lengths are padded: a 17-byte CDB gives AHSLength 2 and one word + padding.
         let n = build_command_ahs(&cdb[..17], None, &mut area).unwrap();
         assert_eq!(&area[..n], &[0, 2, 1, 0, 16, 0, 0, 0]);
-        assert_eq!(parse_command_ahs(&cmd, &area[..n]).unwrap().cdb(), &cdb[..17]);
+        assert_eq!(
+            parse_command_ahs(&cmd, &area[..n]).unwrap().cdb(),
+            &cdb[..17]
+        );
         // Truncated and overrunning entries are typed errors.
         assert!(matches!(
             parse_command_ahs(&cmd, &[0, 9, 1, 0]),

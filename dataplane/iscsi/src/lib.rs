@@ -14,14 +14,14 @@
 //! - [`sendtargets`]: building and parsing SendTargets responses.
 
 pub mod bhs;
-// pub mod chap;
+pub mod chap;
 pub mod digest;
 pub mod framing;
-// pub mod login;
+pub mod login;
 pub mod lun;
-// pub mod negotiate;
-// pub mod sendtargets;
-// pub mod text;
+pub mod negotiate;
+pub mod sendtargets;
+pub mod text;
 
 pub use bhs::{Bhs, BhsBody, BhsError, LoginStage, LoginStatus, Opcode};
 pub use lun::Lun;
