@@ -536,12 +536,14 @@ fn identify_namespace(
     state: AnaState,
 ) -> IdentifyNamespace {
     let info = n.desc.info();
-    let mut id = IdentifyNamespace::default();
-    id.nsze = info.num_blocks();
-    id.ncap = info.num_blocks();
-    id.nuse = info.num_blocks();
-    id.nlbaf = 0;
-    id.flbas = 0;
+    let mut id = IdentifyNamespace {
+        nsze: info.num_blocks(),
+        ncap: info.num_blocks(),
+        nuse: info.num_blocks(),
+        nlbaf: 0,
+        flbas: 0,
+        ..Default::default()
+    };
     id.lbaf[0] = LbaFormat {
         ms: 0,
         lbads: info.block_size().trailing_zeros() as u8,
@@ -748,7 +750,7 @@ fn get_log_page(ctrl: &Controller, target: &TargetShared, cmd: &Command) -> Admi
     };
     let g = GetLogPageCommand::from_command(cmd);
     let len = g.numd as usize * 4;
-    if g.lpo % 4 != 0 || len > target.options.max_io_size as usize {
+    if !g.lpo.is_multiple_of(4) || len > target.options.max_io_size as usize {
         return done(Status::INVALID_FIELD.with_dnr());
     }
     let discovery = ctrl.subsystem.kind == SubsystemKind::Discovery;
@@ -824,7 +826,6 @@ fn get_log_page(ctrl: &Controller, target: &TargetShared, cmd: &Command) -> Admi
         }
         _ => return done(Status::INVALID_LOG_PAGE.with_dnr()),
     };
-    drop(w);
     if g.lpo > page_len {
         return done(Status::INVALID_FIELD.with_dnr());
     }

@@ -83,6 +83,8 @@ pub const CSTS_SHST_COMPLETE: u32 = 0b10 << 2;
 pub const CC_EN: u32 = 1;
 
 impl Controller {
+    /// Every argument is one Connect field or target setting; a struct would only rename them.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         cntlid: u16,
         subsystem: Arc<Subsystem>,

@@ -299,7 +299,7 @@ fn data_layout(
         }
         return Ok((0, 0));
     }
-    if pdo < header_end || pdo % 4 != 0 {
+    if pdo < header_end || !pdo.is_multiple_of(4) {
         return Err(PduFault::invalid_field(
             3,
             "PDO inside the header or misaligned",
