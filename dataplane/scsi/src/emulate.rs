@@ -428,7 +428,7 @@ pub fn parse_unmap(param_len: u32, data: &[u8], lim: &Limits) -> Result<usize, S
     if bd_len + 8 > len {
         return Err(Sense::param_list_length());
     }
-    if bd_len % 16 != 0 {
+    if !bd_len.is_multiple_of(16) {
         return Err(Sense::param_list_length());
     }
     let n = bd_len / 16;

@@ -350,8 +350,8 @@ impl ScsiLun {
             num_blocks: i.num_blocks(),
             max_transfer_blocks: self.cfg.max_transfer_bytes / bs,
             max_write_same_blocks: WRITE_SAME_MAX_BLOCKS,
-            max_compare_write_blocks: MAX_COMPARE_WRITE_BLOCKS
-                .min((self.cfg.max_transfer_bytes / bs).min(255) as u8),
+            max_compare_write_blocks: (self.cfg.max_transfer_bytes / bs)
+                .min(MAX_COMPARE_WRITE_BLOCKS as u32) as u8,
             unmap: self.can_unmap(),
         }
     }
@@ -466,7 +466,7 @@ impl ScsiLun {
             };
             for ua in uas {
                 let t = &ua.target;
-                if *t.initiator == *init && t.rtpi.map_or(true, |p| p == rtpi) {
+                if *t.initiator == *init && t.rtpi.is_none_or(|p| p == rtpi) {
                     push_ua(st, n, ua.asc);
                 }
             }

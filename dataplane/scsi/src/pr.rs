@@ -73,7 +73,7 @@ pub struct Registration {
 
 impl Registration {
     fn matches(&self, n: &NexusIdent<'_>) -> bool {
-        self.initiator == n.initiator && self.rtpi.map_or(true, |p| p == n.rtpi)
+        self.initiator == n.initiator && self.rtpi.is_none_or(|p| p == n.rtpi)
     }
 
     fn same_as(&self, other: &Registration) -> bool {
@@ -400,7 +400,7 @@ impl PrState {
                 return PrOutcome::Conflict;
             }
         }
-        let out = match service_action {
+        match service_action {
             sa::REGISTER | sa::REGISTER_AND_IGNORE_EXISTING_KEY => self.register(
                 n,
                 p,
@@ -413,8 +413,7 @@ impl PrState {
             sa::PREEMPT | sa::PREEMPT_AND_ABORT => self.preempt(n, scope, rtype, p, uas),
             sa::REGISTER_AND_MOVE => self.register_and_move(n, scope, rtype, p),
             _ => PrOutcome::Check(Sense::invalid_cdb_field(1, Some(4))),
-        };
-        out
+        }
     }
 
     fn bump(&mut self) {
