@@ -193,8 +193,8 @@ fn check_size(name: &str, size: Size, block_size: u32) -> Result<(), RpcError> {
     if size.0 == 0 {
         return Err(BdevError::ZeroSize(name.to_string()).into());
     }
+    // Block sizes are powers of two (checked above).
     if size.0 & (block_size as u64 - 1) != 0 {
-        // (block sizes are powers of two)
         return Err(RpcError::invalid_param(
             "size",
             format!(
