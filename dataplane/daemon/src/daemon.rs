@@ -17,7 +17,7 @@ use crate::context::{DaemonContext, ShutdownFlag};
 use crate::core::{Core, RegistrationError, DEFAULT_SHUTDOWN_TIMEOUT};
 use crate::metrics::MetricsServer;
 use crate::module::{Module, RpcError};
-use crate::modules::{BdevModule, ReactorModule};
+use crate::modules::{BdevModule, NvmfModule, ReactorModule};
 use crate::server::{RpcServer, RpcSocket, SocketError};
 
 /// How the daemon runs.
@@ -80,6 +80,8 @@ pub enum DaemonError {
     },
     #[error("cannot install signal handlers: {0}")]
     Signals(#[source] std::io::Error),
+    #[error("cannot start the NVMe-oF target: {0}")]
+    Nvmf(#[from] gyre_nvmf::NvmfError),
 }
 
 /// A daemon being assembled: reactors are running; modules can still be registered.
@@ -92,7 +94,7 @@ pub struct Daemon {
 }
 
 impl Daemon {
-    /// Starts the reactors and registers the built-in modules (`reactor`, `bdev`).
+    /// Starts the reactors and registers the built-in modules (`reactor`, `bdev`, `nvmf`).
     pub fn new(options: DaemonOptions) -> Result<Daemon, DaemonError> {
         let reactors = Reactors::start(&ReactorConfig {
             cores: options.cores.clone(),
@@ -113,7 +115,8 @@ impl Daemon {
             shutdown,
         };
         d.register_module(Box::new(ReactorModule::new(ctx.clone())));
-        d.register_module(Box::new(BdevModule::new(ctx)));
+        d.register_module(Box::new(BdevModule::new(ctx.clone())));
+        d.register_module(Box::new(NvmfModule::new(&ctx)?));
         Ok(d)
     }
 

@@ -77,11 +77,9 @@ fn run(args: Args) -> anyhow::Result<()> {
     options.config = args.config;
     options.metrics = args.metrics;
     options.shutdown_timeout = Duration::from_secs(args.shutdown_timeout);
-    #[allow(unused_mut)]
-    let mut daemon = Daemon::new(options)?;
-    // ---- Protocol modules register here, e.g.
-    //   daemon.register_module(Box::new(gyre_nvmf::daemon::NvmfModule::new(daemon.context())));
-    // (their configuration sections, methods, metrics and connect hints then just work.) ----
+    // The built-in modules (reactor, bdev, nvmf) are registered by Daemon::new; further
+    // protocol modules register here with daemon.register_module(..).
+    let daemon = Daemon::new(options)?;
     gyre_daemon::run(daemon)?;
     Ok(())
 }

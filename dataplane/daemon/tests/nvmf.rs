@@ -1,0 +1,112 @@
+//! The NVMe-oF target through gyred: a subsystem built with `gyrectl rpc` alone, the in-use
+//! error naming the subsystem, save and restart with the same export, and an NVMe/TCP host
+//! reaching it (ICReq answered on the saved listener).
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+use common::{gyrectl, gyrectl_ok, Gyred, TempDir};
+use serde_json::Value;
+
+const NQN: &str = "nqn.2016-06.io.gyre:ctl";
+
+fn rpc(socket: &std::path::Path, method: &str, params: &str) -> Value {
+    let out = gyrectl_ok(socket, &["--json", "rpc", method, params]);
+    serde_json::from_str(&out).unwrap_or(Value::Null)
+}
+
+/// Sends an ICReq and checks the ICResp: the listener is a live NVMe/TCP target.
+fn icreq(addr: &str) {
+    let mut s = TcpStream::connect(addr).expect("connect to the NVMe/TCP listener");
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut ic = [0u8; 128];
+    ic[2] = 128;
+    ic[4] = 128;
+    s.write_all(&ic).unwrap();
+    let mut resp = [0u8; 128];
+    s.read_exact(&mut resp).unwrap();
+    assert_eq!(resp[0], 0x01, "ICResp");
+    assert_eq!(resp[2], 128);
+}
+
+#[test]
+fn subsystem_built_over_rpc_survives_save_and_restart() {
+    let dir = TempDir::new("nvmf");
+    let config = dir.path("gyred.json");
+    std::fs::write(&config, "{\"version\": 1, \"modules\": []}\n").unwrap();
+    let mut g = Gyred::start(&dir.0, &["--config", config.to_str().unwrap()]);
+    let sock = g.socket.clone();
+
+    gyrectl_ok(
+        &sock,
+        &["bdev", "create", "malloc", "--name", "m0", "--size", "16M"],
+    );
+    rpc(
+        &sock,
+        "nvmf_create_subsystem",
+        &format!("{{\"nqn\":\"{NQN}\",\"allow_any_host\":true}}"),
+    );
+    let ns = rpc(
+        &sock,
+        "nvmf_subsystem_add_ns",
+        &format!("{{\"nqn\":\"{NQN}\",\"bdev_name\":\"m0\"}}"),
+    );
+    assert_eq!(ns["nsid"], 1);
+    let l = rpc(
+        &sock,
+        "nvmf_subsystem_add_listener",
+        &format!("{{\"nqn\":\"{NQN}\",\"address\":\"127.0.0.1:0\"}}"),
+    );
+    let addr = l["address"].as_str().expect("bound address").to_string();
+    assert!(
+        addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+        "{addr}"
+    );
+    icreq(&addr);
+
+    // The bdev is in use, and the error says by what.
+    let out = gyrectl(&sock, &["bdev", "delete", "m0"]);
+    assert!(!out.status.success());
+    let msg =
+        String::from_utf8_lossy(&out.stderr).to_string() + &String::from_utf8_lossy(&out.stdout);
+    assert!(msg.contains(&format!("nvmf subsystem '{NQN}'")), "{msg}");
+    // Duplicates and unknown objects get their own errors.
+    let dup = gyrectl(
+        &sock,
+        &[
+            "rpc",
+            "nvmf_create_subsystem",
+            &format!("{{\"nqn\":\"{NQN}\"}}"),
+        ],
+    );
+    assert!(!dup.status.success());
+    let missing = gyrectl(
+        &sock,
+        &[
+            "rpc",
+            "nvmf_subsystem_add_ns",
+            "{\"nqn\":\"nqn.2016-06.io.gyre:none\",\"bdev_name\":\"m0\"}",
+        ],
+    );
+    assert!(!missing.status.success());
+
+    let listed = rpc(&sock, "nvmf_get_subsystems", "{}");
+    assert_eq!(listed[0]["nqn"], NQN);
+    assert_eq!(listed[0]["namespaces"][0]["bdev_name"], "m0");
+    assert_eq!(listed[0]["listeners"][0]["address"], addr.as_str());
+
+    gyrectl_ok(&sock, &["config", "save"]);
+    g.signal(libc::SIGTERM);
+    let st = g.wait_exit(Duration::from_secs(20)).expect("gyred exits");
+    assert_eq!(st.code(), Some(0));
+
+    let saved = std::fs::read_to_string(&config).unwrap();
+    assert!(saved.contains("nvmf_subsystem_add_listener"), "{saved}");
+    let g2 = Gyred::start(&dir.0, &["--config", config.to_str().unwrap()]);
+    let again = rpc(&g2.socket, "nvmf_get_subsystems", "{}");
+    assert_eq!(again, listed, "the same export after restart");
+    icreq(&addr);
+}
