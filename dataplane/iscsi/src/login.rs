@@ -247,15 +247,17 @@ impl TargetLogin {
         } else {
             1
         };
+        let csg = if status.is_success() {
+            req.csg
+        } else {
+            LoginStage::SecurityNegotiation
+        };
         let resp = LoginResponse {
             transit,
             continue_: false,
-            csg: if status.is_success() {
-                req.csg
-            } else {
-                LoginStage::SecurityNegotiation
-            },
-            nsg: if transit { nsg } else { req.csg },
+            csg,
+            // NSG is reserved without T; it decodes as the current stage.
+            nsg: if transit { nsg } else { csg },
             version_max: ISCSI_VERSION,
             version_active: ISCSI_VERSION,
             isid: req.isid,
