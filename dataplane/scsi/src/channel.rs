@@ -469,18 +469,40 @@ impl LunChannel {
                 ))),
             );
         }
-        // The data-out payload must hold what the CDB describes.
+        // A WRITE whose payload is shorter than its transfer length (the transport's expected
+        // data transfer length was smaller) writes the whole blocks that arrived, as
+        // initiators and libiscsi's residual tests expect; other commands need all of it.
         let info = cmd.info(lim.block_size);
-        if info.direction == crate::cdb::DataDirection::Out
-            && (self.slots[idx as usize].data_out.len() as u64) < info.transfer_len
-            && !matches!(
-                cmd,
+        let have = self.slots[idx as usize].data_out.len() as u64;
+        if info.direction == crate::cdb::DataDirection::Out && have < info.transfer_len {
+            let whole = (have / lim.block_size as u64) as u32;
+            match cmd {
+                Command::Write { lba, fua, .. } => {
+                    self.slots[idx as usize].cmd = Command::Write {
+                        lba,
+                        blocks: whole,
+                        fua,
+                    };
+                }
+                Command::WriteAndVerify { lba, bytchk, .. } => {
+                    self.slots[idx as usize].cmd = Command::WriteAndVerify {
+                        lba,
+                        blocks: whole,
+                        bytchk,
+                    };
+                }
                 Command::Unmap { .. }
-                    | Command::ModeSelect { .. }
-                    | Command::PersistentReserveOut { .. }
-            )
-        {
-            return self.finish(idx, Err(Fail::Check(Sense::invalid_cdb_field(0, None))));
+                | Command::ModeSelect { .. }
+                | Command::PersistentReserveOut { .. } => {}
+                _ => {
+                    return self.finish(
+                        idx,
+                        Err(Fail::Check(Sense::illegal(
+                            Asc::INVALID_FIELD_IN_INFORMATION_UNIT,
+                        ))),
+                    )
+                }
+            }
         }
         self.start(idx, &lim);
     }

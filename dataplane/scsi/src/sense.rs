@@ -29,6 +29,7 @@ impl Asc {
     pub const LU_NOT_ACCESSIBLE_STANDBY: Asc = Asc(0x04, 0x0B);
     pub const LU_NOT_ACCESSIBLE_UNAVAILABLE: Asc = Asc(0x04, 0x0C);
     pub const WRITE_ERROR: Asc = Asc(0x0C, 0x00);
+    pub const INVALID_FIELD_IN_INFORMATION_UNIT: Asc = Asc(0x0E, 0x03);
     pub const UNRECOVERED_READ_ERROR: Asc = Asc(0x11, 0x00);
     pub const PARAMETER_LIST_LENGTH_ERROR: Asc = Asc(0x1A, 0x00);
     pub const MISCOMPARE_DURING_VERIFY: Asc = Asc(0x1D, 0x00);

@@ -149,6 +149,25 @@ fn write_read_back_ranges_and_zero_length() {
 }
 
 #[test]
+fn short_write_payload_writes_only_the_whole_blocks_received() {
+    let h = Harness::new(1);
+    h.clear_uas();
+    assert!(h.exec(h.a, &write16(0, 2), &vec![b'a'; 2 * BS]).good());
+    // Two blocks in the CDB, one block of data (the iSCSI EDTL was one block).
+    assert!(h.exec(h.a, &cdb10(0x2A, 0, 0, 2), &vec![b'b'; BS]).good());
+    let r = h.exec(h.a, &read16(0, 2), &[]).data;
+    assert!(r[..BS].iter().all(|&b| b == b'b'));
+    assert!(r[BS..].iter().all(|&b| b == b'a'));
+    // No data at all: nothing written, GOOD.
+    assert!(h.exec(h.a, &cdb10(0x2A, 0, 0, 1), &[]).good());
+    // COMPARE AND WRITE needs its whole payload.
+    assert_eq!(
+        h.exec(h.a, &caw(0, 1), &vec![b'b'; BS]).kcq(),
+        (5, 0x0E, 0x03)
+    );
+}
+
+#[test]
 fn verify_and_write_and_verify() {
     let h = Harness::new(1);
     h.clear_uas();
