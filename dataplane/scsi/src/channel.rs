@@ -192,6 +192,7 @@ pub struct LunChannel {
     nexus: Vec<NexusCache>,
     nexus_gen: u64,
     reset_epoch: u64,
+    abort_epoch: u64,
     writable: bool,
     pr_uas: Vec<crate::pr::PrUnitAttention>,
 }
@@ -205,6 +206,7 @@ impl ScsiLun {
             gate: self.range_lock.new_gate(),
             res: self.reservation_view(),
             reset_epoch: self.reset_epoch.load(Ordering::Acquire),
+            abort_epoch: self.abort_epoch.load(Ordering::Acquire),
             writable: self.desc.is_writable(),
             lun: self.clone(),
             bdev,
@@ -387,6 +389,17 @@ impl LunChannel {
     }
 
     fn check_epoch(&mut self) {
+        let a = self.lun.abort_epoch.load(Ordering::Acquire);
+        if a != self.abort_epoch {
+            let slots = &mut self.slots;
+            self.abort_epoch = self.lun.aborts_since(self.abort_epoch, |n| {
+                for s in slots.iter_mut() {
+                    if s.phase != Phase::Free && s.nexus == n {
+                        s.aborted = true;
+                    }
+                }
+            });
+        }
         let e = self.lun.reset_epoch.load(Ordering::Acquire);
         if e != self.reset_epoch {
             self.reset_epoch = e;
@@ -1023,17 +1036,23 @@ impl LunChannel {
                 };
                 let uas = &mut self.pr_uas;
                 uas.clear();
+                let mut preempted = Vec::new();
                 let r = self.lun.with_pr(|lun, st| {
                     let gen = st.pr.generation;
                     let res = st.pr.reservation.clone();
                     let regs = st.pr.registrations.len();
                     let r = st.pr.pr_out(&ident, service_action, scope, rtype, &p, uas);
+                    if r == PrOutcome::Good && service_action == crate::pr::sa::PREEMPT_AND_ABORT {
+                        lun.nexuses_named(st, uas, Asc::REGISTRATIONS_PREEMPTED, &mut preempted);
+                    }
                     lun.establish_pr_uas(st, uas);
                     let changed = gen != st.pr.generation
                         || res != st.pr.reservation
                         || regs != st.pr.registrations.len();
                     (r, changed)
                 });
+                // PREEMPT AND ABORT: the preempted nexuses' tasks end, on every reactor.
+                self.lun.abort_nexus_tasks(&preempted);
                 pr_result(r)
             }
             _ => Err(Fail::Check(Sense::invalid_opcode())),

@@ -220,6 +220,9 @@ pub struct ScsiLun {
     pub(crate) wce: AtomicBool,
     alua: Vec<AtomicU8>,
     pub(crate) range_lock: RangeLock,
+    /// PREEMPT AND ABORT: nexuses whose tasks every channel must abort, by epoch.
+    pub(crate) abort_epoch: AtomicU64,
+    aborts: Mutex<VecDeque<(u64, NexusId)>>,
 }
 
 impl std::fmt::Debug for ScsiLun {
@@ -308,6 +311,8 @@ impl ScsiLun {
             wce: AtomicBool::new(wce),
             alua,
             range_lock: RangeLock::default(),
+            abort_epoch: AtomicU64::new(0),
+            aborts: Mutex::new(VecDeque::new()),
             cfg,
         }))
     }
@@ -512,6 +517,55 @@ impl ScsiLun {
             self.res_gen.fetch_add(1, Ordering::AcqRel);
         }
         r
+    }
+
+    /// Asks every channel to abort the tasks of `ids` (PREEMPT AND ABORT).
+    pub(crate) fn abort_nexus_tasks(&self, ids: &[NexusId]) {
+        if ids.is_empty() {
+            return;
+        }
+        let mut q = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
+        let epoch = self.abort_epoch.load(Ordering::Acquire) + 1;
+        for &id in ids {
+            q.push_back((epoch, id));
+        }
+        while q.len() > 256 {
+            q.pop_front();
+        }
+        self.abort_epoch.store(epoch, Ordering::Release);
+    }
+
+    /// Calls `f` for each nexus to abort after epoch `since`; returns the current epoch.
+    pub(crate) fn aborts_since(&self, since: u64, mut f: impl FnMut(NexusId)) -> u64 {
+        let q = self.aborts.lock().unwrap_or_else(|e| e.into_inner());
+        for &(e, id) in q.iter() {
+            if e > since {
+                f(id);
+            }
+        }
+        self.abort_epoch.load(Ordering::Acquire)
+    }
+
+    /// The seen nexuses a PR OUT's unit attentions name with `asc`.
+    pub(crate) fn nexuses_named(
+        &self,
+        st: &LunState,
+        uas: &[PrUnitAttention],
+        asc: Asc,
+        out: &mut Vec<NexusId>,
+    ) {
+        for &n in &st.seen {
+            let Some((init, rtpi)) = self.nexuses.get(n) else {
+                continue;
+            };
+            if uas.iter().any(|ua| {
+                ua.asc == asc
+                    && *ua.target.initiator == *init
+                    && ua.target.rtpi.is_none_or(|p| p == rtpi)
+            }) {
+                out.push(n);
+            }
+        }
     }
 
     pub(crate) fn nexus_ident(&self, id: NexusId) -> Option<(Arc<str>, u16)> {

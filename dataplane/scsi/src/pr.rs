@@ -993,6 +993,43 @@ mod tests {
     }
 
     #[test]
+    fn register_and_move_hands_the_reservation_over() {
+        let mut st = PrState::default();
+        out(&mut st, &A, sa::REGISTER, 0, 0, 1);
+        out(&mut st, &A, sa::RESERVE, 1, 1, 0);
+        let mut tid = Vec::new();
+        encode_transport_id(B.initiator, 5, &mut tid);
+        let mut list = vec![0u8; 24];
+        list[7] = 1;
+        list[15] = 7;
+        list[17] = 0x02; // UNREG
+        list[19] = 1; // relative target port 1
+        list[20..24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
+        list.extend_from_slice(&tid);
+        let p = parse_pr_out(sa::REGISTER_AND_MOVE, list.len() as u32, &list).unwrap();
+        let mut uas = Vec::new();
+        assert_eq!(
+            st.pr_out(&A, sa::REGISTER_AND_MOVE, 0, 1, &p, &mut uas),
+            PrOutcome::Good
+        );
+        assert!(st.is_holder(&B));
+        assert_eq!(st.registrations.len(), 1);
+        assert_eq!(st.registrations[0].key, 7);
+        // Moving to oneself is an invalid field.
+        let mut tid = Vec::new();
+        encode_transport_id(B.initiator, 5, &mut tid);
+        let mut list2 = list[..24].to_vec();
+        list2[20..24].copy_from_slice(&(tid.len() as u32).to_be_bytes());
+        list2.extend_from_slice(&tid);
+        list2[7] = 7;
+        let p = parse_pr_out(sa::REGISTER_AND_MOVE, list2.len() as u32, &list2).unwrap();
+        assert!(matches!(
+            st.pr_out(&B, sa::REGISTER_AND_MOVE, 0, 1, &p, &mut uas),
+            PrOutcome::Check(_)
+        ));
+    }
+
+    #[test]
     fn transport_id_round_trip() {
         let mut v = Vec::new();
         encode_transport_id("iqn.x,i,0x0123456789ab", 5, &mut v);

@@ -133,3 +133,59 @@ fn all_registrants_and_report_capabilities() {
     assert_eq!(fs[21], 8);
     assert_eq!(fs[32], 0x45);
 }
+
+#[test]
+fn preempt_and_abort_aborts_the_preempted_nexus_tasks_and_device_errors_map_to_sense() {
+    use gyre_bdev::IoTypes;
+    use gyre_reactor::global_pool;
+    use gyre_scsi::{ScsiCompletion, ScsiTask};
+    use std::time::{Duration, Instant};
+
+    let (h, faults) = Harness::with_faults(1);
+    h.clear_uas();
+    assert!(out(&h, h.a, 6, 0, 0, KEY_A).good());
+    assert!(out(&h, h.b, 6, 0, 0, KEY_B).good());
+    assert!(out(&h, h.b, 1, 1, KEY_B, 0).good());
+    faults.delay(Duration::from_millis(300));
+    let (lun, a, b) = (h.lun.clone(), h.a, h.b);
+    let (read_status, pr_status) = h
+        .reactors
+        .get(0)
+        .unwrap()
+        .call(
+            move || {
+                let mut ch = lun.channel().expect("channel");
+                ch.submit(ScsiTask::new(&read16(0, 1), b, 1));
+                let (cdb, p) = pr_out(5, 1, KEY_A, KEY_B);
+                let mut t = ScsiTask::new(&cdb, a, 2);
+                let mut buf = global_pool().unwrap().local().try_alloc(24).unwrap();
+                buf.copy_from_slice(&p);
+                t.data_out = buf;
+                ch.submit(t);
+                let mut got: Vec<ScsiCompletion> = Vec::new();
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while got.len() < 2 && Instant::now() < deadline {
+                    ch.poll(|c| got.push(c));
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                let st = |tag| got.iter().find(|c| c.tag == tag).map(|c| c.status);
+                (st(1), st(2))
+            },
+            Duration::from_secs(20),
+        )
+        .unwrap();
+    assert_eq!(pr_status, Some(ScsiStatus::Good));
+    assert_eq!(read_status, Some(ScsiStatus::TaskAborted));
+    faults.clear();
+    // B was preempted: its unit attention, then conflicts on writes (WE held by A).
+    assert_eq!(h.exec(h.b, &[0, 0, 0, 0, 0, 0], &[]).kcq(), (6, 0x2A, 0x05));
+    assert_eq!(can_write(&h, h.b), ScsiStatus::ReservationConflict);
+    // A device error on read and on write maps to MEDIUM ERROR with the right ASC.
+    faults.fail(IoTypes::NONE.with(gyre_bdev::IoOp::Read), 1, 5);
+    assert_eq!(h.exec(h.a, &read16(0, 1), &[]).kcq(), (3, 0x11, 0));
+    faults.fail(IoTypes::NONE.with(gyre_bdev::IoOp::Write), 1, 5);
+    assert_eq!(
+        h.exec(h.a, &write16(0, 1), &vec![0u8; BS]).kcq(),
+        (3, 0x0C, 0)
+    );
+}

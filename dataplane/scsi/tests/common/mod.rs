@@ -8,7 +8,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use gyre_bdev::{BdevRegistry, MallocBdev};
+use gyre_bdev::{BdevRegistry, Faults, InjectBdev, MallocBdev};
 use gyre_reactor::{global_pool, CoreList, IdlePolicy, ReactorConfig, Reactors};
 use gyre_scsi::{LunChannel, LunConfig, NexusId, NexusTable, ScsiLun, ScsiStatus, ScsiTask};
 
@@ -99,6 +99,16 @@ impl Harness {
     }
 
     pub fn with_config(reactors: usize, cfg: LunConfig) -> Harness {
+        Self::build(reactors, cfg, false).0
+    }
+
+    /// A harness whose bdev is a fault injector over the malloc bdev.
+    pub fn with_faults(reactors: usize) -> (Harness, Arc<Faults>) {
+        let (h, f) = Self::build(reactors, LunConfig::default(), true);
+        (h, f.expect("faults"))
+    }
+
+    fn build(reactors: usize, cfg: LunConfig, inject: bool) -> (Harness, Option<Arc<Faults>>) {
         let reactors = Reactors::start(&ReactorConfig {
             cores: CoreList::first_available(reactors).expect("cores"),
             idle: IdlePolicy::hybrid(),
@@ -107,18 +117,30 @@ impl Harness {
         let reg = BdevRegistry::new();
         reg.register(MallocBdev::create("m0", BLOCKS * BS as u64, BS as u32).expect("malloc"))
             .expect("register");
-        let desc = reg.open("m0", true, "scsi test", None).expect("open");
+        let mut faults = None;
+        let name = if inject {
+            let inj = InjectBdev::create(&reg, "inj0", "m0").expect("inject");
+            faults = Some(inj.faults());
+            reg.register(inj).expect("register inject");
+            "inj0"
+        } else {
+            "m0"
+        };
+        let desc = reg.open(name, true, "scsi test", None).expect("open");
         let table = NexusTable::new();
         let a = table.register("iqn.2024-01.test:a,i,0x000000000001", 1);
         let b = table.register("iqn.2024-01.test:b,i,0x000000000002", 1);
         let lun = ScsiLun::new(cfg, desc, table.clone()).expect("lun");
-        Harness {
-            reactors,
-            lun,
-            table,
-            a,
-            b,
-        }
+        (
+            Harness {
+                reactors,
+                lun,
+                table,
+                a,
+                b,
+            },
+            faults,
+        )
     }
 
     /// Runs a command from `nexus` on reactor `r`.
