@@ -765,8 +765,10 @@ impl LunChannel {
             Ok(c) => c,
             Err(e) => return self.finish(idx, Err(Fail::Check(e))),
         };
-        if self.slots[idx as usize].cursor == 0 {
-            // Admission against COMPARE AND WRITE ranges, descriptor by descriptor.
+        if !self.slots[idx as usize].gate_open {
+            // Admission against COMPARE AND WRITE ranges, descriptor by descriptor: count
+            // the write first, then look (the order the range lock relies on).
+            self.gate.begin();
             for i in 0..count {
                 if let Some(d) = emulate::unmap_descriptor(&self.params, i) {
                     if d.blocks > 0
@@ -775,13 +777,12 @@ impl LunChannel {
                             .range_lock
                             .write_may_proceed(d.lba, d.blocks as u64)
                     {
+                        self.gate.end();
                         return self.wait(idx);
                     }
                 }
             }
-            if !self.admit_write(idx, 0, 0) {
-                return self.wait(idx);
-            }
+            self.slots[idx as usize].gate_open = true;
         }
         self.unmap_next(idx, count);
     }
