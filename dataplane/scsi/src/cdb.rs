@@ -174,6 +174,10 @@ pub enum DataDirection {
 pub struct CommandInfo {
     pub direction: DataDirection,
     pub transfer_len: u64,
+    /// The command must fail unless the initiator's expected data transfer length equals
+    /// `transfer_len` exactly (COMPARE AND WRITE, SBC-3 5.2). The transport checks; the
+    /// channel also refuses a data-out payload of any other size.
+    pub exact: bool,
 }
 
 /// MODE SENSE / MODE SELECT page control.
@@ -360,6 +364,7 @@ impl Command {
         CommandInfo {
             direction,
             transfer_len,
+            exact: matches!(self, Command::CompareAndWrite { .. }),
         }
     }
 
@@ -869,7 +874,8 @@ mod tests {
             c.info(512),
             CommandInfo {
                 direction: DataDirection::In,
-                transfer_len: 2048
+                transfer_len: 2048,
+                exact: false
             }
         );
     }
@@ -938,6 +944,7 @@ mod tests {
         let c = dec(&[0x89, 0, 0, 0, 0, 0, 0, 0, 0, 5, 0, 0, 0, 2, 0, 0]).unwrap();
         assert_eq!(c.info(512).transfer_len, 2048);
         assert_eq!(c.info(512).direction, DataDirection::Out);
+        assert!(c.info(512).exact);
     }
 
     #[test]

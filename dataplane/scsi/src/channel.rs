@@ -487,6 +487,14 @@ impl LunChannel {
         // initiators and libiscsi's residual tests expect; other commands need all of it.
         let info = cmd.info(lim.block_size);
         let have = self.slots[idx as usize].data_out.len() as u64;
+        if info.exact && have != info.transfer_len {
+            return self.finish(
+                idx,
+                Err(Fail::Check(Sense::illegal(
+                    Asc::INVALID_FIELD_IN_INFORMATION_UNIT,
+                ))),
+            );
+        }
         if info.direction == crate::cdb::DataDirection::Out && have < info.transfer_len {
             let whole = (have / lim.block_size as u64) as u32;
             match cmd {
