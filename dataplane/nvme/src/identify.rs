@@ -1021,3 +1021,135 @@ mod tests {
         assert_eq!(ActiveNamespaceList::decode(&out).last(), Some(1024));
     }
 }
+
+/// I/O Command Set specific Identify Controller data for the NVM command set (CNS 06h,
+/// CSI 00h): size limits for Verify, Write Zeroes, Write Uncorrectable and Dataset
+/// Management. Sizes are powers of two in units of CAP.MPSMIN; 0 = no limit / not reported.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdentifyNvmController {
+    /// Verify size limit.
+    pub vsl: u8,
+    /// Write Zeroes size limit.
+    pub wzsl: u8,
+    /// Write Uncorrectable size limit.
+    pub wusl: u8,
+    /// Dataset Management ranges limit (0 = 256).
+    pub dmrl: u8,
+    /// Dataset Management range size limit, in logical blocks.
+    pub dmrsl: u32,
+    /// Dataset Management size limit, in logical blocks.
+    pub dmsl: u64,
+}
+
+impl IdentifyNvmController {
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, DecodeError> {
+        need_out(out, IDENTIFY_DATA_SIZE)?;
+        let b = &mut out[..IDENTIFY_DATA_SIZE];
+        b.fill(0);
+        b[0] = self.vsl;
+        b[1] = self.wzsl;
+        b[2] = self.wusl;
+        b[3] = self.dmrl;
+        put_u32(b, 4, self.dmrsl);
+        put_u64(b, 8, self.dmsl);
+        Ok(IDENTIFY_DATA_SIZE)
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        need(buf, 16)?;
+        Ok(IdentifyNvmController {
+            vsl: buf[0],
+            wzsl: buf[1],
+            wusl: buf[2],
+            dmrl: buf[3],
+            dmrsl: get_u32(buf, 4),
+            dmsl: get_u64(buf, 8),
+        })
+    }
+}
+
+/// I/O Command Set Independent Identify Namespace data (CNS 08h).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct IdentifyNamespaceIndependent {
+    pub nsfeat: u8,
+    pub nmic: u8,
+    pub rescap: u8,
+    pub fpi: u8,
+    pub anagrpid: u32,
+    pub nsattr: u8,
+    pub nvmsetid: u16,
+    pub endgid: u16,
+    /// Namespace status: bit 0 = namespace ready.
+    pub nstat: u8,
+}
+
+impl IdentifyNamespaceIndependent {
+    pub const NSTAT_READY: u8 = 1 << 0;
+
+    pub fn encode(&self, out: &mut [u8]) -> Result<usize, DecodeError> {
+        need_out(out, IDENTIFY_DATA_SIZE)?;
+        let b = &mut out[..IDENTIFY_DATA_SIZE];
+        b.fill(0);
+        b[0] = self.nsfeat;
+        b[1] = self.nmic;
+        b[2] = self.rescap;
+        b[3] = self.fpi;
+        put_u32(b, 4, self.anagrpid);
+        b[8] = self.nsattr;
+        put_u16(b, 10, self.nvmsetid);
+        put_u16(b, 12, self.endgid);
+        b[14] = self.nstat;
+        Ok(IDENTIFY_DATA_SIZE)
+    }
+
+    pub fn decode(buf: &[u8]) -> Result<Self, DecodeError> {
+        need(buf, 15)?;
+        Ok(IdentifyNamespaceIndependent {
+            nsfeat: buf[0],
+            nmic: buf[1],
+            rescap: buf[2],
+            fpi: buf[3],
+            anagrpid: get_u32(buf, 4),
+            nsattr: buf[8],
+            nvmsetid: get_u16(buf, 10),
+            endgid: get_u16(buf, 12),
+            nstat: buf[14],
+        })
+    }
+}
+
+#[cfg(test)]
+mod iocs_tests {
+    use super::*;
+
+    #[test]
+    fn nvm_controller_and_independent_namespace() {
+        let c = IdentifyNvmController {
+            wzsl: 5,
+            dmrl: 0,
+            dmrsl: 0x1_0000,
+            ..Default::default()
+        };
+        let mut out = [0xFFu8; 4096];
+        c.encode(&mut out).unwrap();
+        assert_eq!(
+            &out[..16],
+            &[0, 5, 0, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0]
+        );
+        assert!(out[16..].iter().all(|&b| b == 0));
+        assert_eq!(IdentifyNvmController::decode(&out).unwrap(), c);
+        let n = IdentifyNamespaceIndependent {
+            nmic: 1,
+            anagrpid: 2,
+            nstat: IdentifyNamespaceIndependent::NSTAT_READY,
+            ..Default::default()
+        };
+        n.encode(&mut out).unwrap();
+        assert_eq!(
+            &out[..16],
+            &[0, 1, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 0]
+        );
+        assert_eq!(IdentifyNamespaceIndependent::decode(&out).unwrap(), n);
+        assert!(IdentifyNamespaceIndependent::decode(&out[..14]).is_err());
+    }
+}

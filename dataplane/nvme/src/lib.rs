@@ -35,8 +35,8 @@ pub use fabrics::{
 };
 pub use features::{FeatureId, FeatureSelect, GetFeaturesCommand, SetFeaturesCommand};
 pub use identify::{
-    ActiveNamespaceList, Cns, IdentifyController, IdentifyNamespace, LbaFormat, NsIdDescriptor,
-    NsIdDescriptorList,
+    ActiveNamespaceList, Cns, IdentifyController, IdentifyNamespace, IdentifyNamespaceIndependent,
+    IdentifyNvmController, LbaFormat, NsIdDescriptor, NsIdDescriptorList,
 };
 pub use properties::{Cap, Cc, Csts, Version};
 pub use sgl::{SglDescriptor, SglKind};

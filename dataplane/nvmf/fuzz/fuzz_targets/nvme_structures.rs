@@ -29,25 +29,40 @@ fn commands(data: &[u8]) {
         .expect("NLB from the wire is always in range");
     assert_eq!(RwCommand::from_command(&built), rw);
     let id = IdentifyCommand::from_command(&c);
-    assert_eq!(IdentifyCommand::from_command(&id.to_command(c.cid, c.dptr)), id);
+    assert_eq!(
+        IdentifyCommand::from_command(&id.to_command(c.cid, c.dptr)),
+        id
+    );
     let g = GetLogPageCommand::from_command(&c);
-    assert_eq!(GetLogPageCommand::from_command(&g.to_command(c.cid, c.dptr)), g);
+    assert_eq!(
+        GetLogPageCommand::from_command(&g.to_command(c.cid, c.dptr)),
+        g
+    );
     if let Ok((off, len)) = g.window() {
         assert_eq!(off % 4, 0);
         assert!(len >= 4);
     }
     if let Ok(f) = GetFeaturesCommand::from_command(&c) {
-        assert_eq!(GetFeaturesCommand::from_command(&f.to_command(c.cid)).ok(), Some(f));
+        assert_eq!(
+            GetFeaturesCommand::from_command(&f.to_command(c.cid)).ok(),
+            Some(f)
+        );
     }
     if let Ok(cc) = ConnectCommand::from_command(&c) {
         let back = ConnectCommand::from_command(&cc.to_command()).expect("connect");
         assert_eq!(back, cc);
     }
     if let Ok(p) = PropertyGetCommand::from_command(&c) {
-        assert_eq!(PropertyGetCommand::from_command(&p.to_command()).ok(), Some(p));
+        assert_eq!(
+            PropertyGetCommand::from_command(&p.to_command()).ok(),
+            Some(p)
+        );
     }
     if let Ok(p) = PropertySetCommand::from_command(&c) {
-        assert_eq!(PropertySetCommand::from_command(&p.to_command()).ok(), Some(p));
+        assert_eq!(
+            PropertySetCommand::from_command(&p.to_command()).ok(),
+            Some(p)
+        );
     }
     let _ = c.dptr.kind();
     let _ = SglDescriptor::from_bytes(c.dptr.to_bytes()).length();

@@ -79,7 +79,10 @@ fn round_trip(pdu: &Pdu, layout: &PduLayout, rules: &PduRules) {
         Pdu::R2t(r) => r.encode(&tx, &mut out).expect("r2t"),
     };
     match parse_header(&out[..n], rules) {
-        Ok(HeaderParse::Complete { layout: l2, pdu: p2 }) => {
+        Ok(HeaderParse::Complete {
+            layout: l2,
+            pdu: p2,
+        }) => {
             assert_eq!(&p2, pdu);
             assert_eq!(l2.data_len, layout.data_len);
             assert_eq!(l2.data_digest, layout.data_digest);

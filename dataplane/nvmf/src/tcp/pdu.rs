@@ -724,12 +724,15 @@ impl Pdu {
     /// Decodes the PDU-specific header from `header` (at least `layout.header_len` bytes,
     /// starting with the common header), checking the header digest when there is one.
     pub fn decode(layout: &PduLayout, header: &[u8]) -> Result<Pdu, PduError> {
+        // The layout comes from `validate`; a hand-built one that disagrees with its PDU
+        // type is refused here rather than trusted.
+        let hlen = layout.pdu_type.hlen() as usize;
+        let needed = layout
+            .header_len
+            .max(hlen + if layout.header_digest { DIGEST_LEN } else { 0 });
         let h = header
-            .get(..layout.header_len)
-            .ok_or(PduError::Incomplete {
-                needed: layout.header_len,
-            })?;
-        let hlen = layout.hlen as usize;
+            .get(..needed)
+            .ok_or(PduError::Incomplete { needed })?;
         if layout.header_digest {
             let computed = header_digest(&h[..hlen]);
             let received = le32(h, hlen);
