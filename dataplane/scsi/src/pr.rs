@@ -177,7 +177,10 @@ pub fn parse_pr_out(service_action: u8, param_len: u32, data: &[u8]) -> Result<P
         let unreg = data[17] & 0x02 != 0;
         let rtpi = u16::from_be_bytes([data[18], data[19]]);
         let tid_len = be32(data, 20) as usize;
-        if 24 + tid_len as u64 as usize > data.len().min(param_len as usize) {
+        let end = tid_len
+            .checked_add(24)
+            .ok_or_else(Sense::param_list_length)?;
+        if end > data.len().min(param_len as usize) {
             return Err(Sense::param_list_length());
         }
         let tid = &data[24..24 + tid_len];
