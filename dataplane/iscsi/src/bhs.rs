@@ -298,6 +298,11 @@ impl AsyncEvent {
             other => AsyncEvent::Other(other),
         }
     }
+    /// The AsyncEvent code on the wire.
+    pub fn code(self) -> u8 {
+        self.to_u8()
+    }
+
     fn to_u8(self) -> u8 {
         match self {
             AsyncEvent::ScsiAsyncEvent => 0,

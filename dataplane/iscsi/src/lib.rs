@@ -12,11 +12,13 @@
 //! - [`chap`]: CHAP (RFC 1994) with MD5, both roles.
 //! - [`login`]: the login state machines, target and initiator side.
 //! - [`sendtargets`]: building and parsing SendTargets responses.
+//! - [`initiator`]: the initiator session over a non-blocking socket.
 
 pub mod bhs;
 pub mod chap;
 pub mod digest;
 pub mod framing;
+pub mod initiator;
 pub mod login;
 pub mod lun;
 pub mod negotiate;

@@ -612,20 +612,22 @@ fn lookup_failures_and_redirection() {
 fn first_request_errors() {
     let sec = LoginStage::SecurityNegotiation;
     let op = LoginStage::LoginOperationalNegotiation;
-    let status_of =
-        |req: LoginRequest, data: Vec<u8>, hooks: &mut Hooks| {
-            match TargetLogin::new(target_config()).on_request(&req, &data, hooks) {
-                TargetLoginStep::Failed(pdu, s, _) => {
-                    let BhsBody::LoginResponse(r) = pdu.bhs.body else {
-                        panic!()
-                    };
-                    assert_eq!(r.status, s);
-                    assert_eq!(r.itt, req.itt);
-                    s
-                }
-                other => panic!("{other:?}"),
+    let status_of = |req: LoginRequest, data: Vec<u8>, hooks: &mut Hooks| {
+        match TargetLogin::new(target_config()).on_request(&req, &data, hooks) {
+            TargetLoginStep::Failed(pdu, s, _) => {
+                // Every response decodes back to itself (the fuzzer once found one
+                // that did not).
+                assert_eq!(Bhs::decode(&pdu.bhs.to_bytes()), Ok(pdu.bhs));
+                let BhsBody::LoginResponse(r) = pdu.bhs.body else {
+                    panic!()
+                };
+                assert_eq!(r.status, s);
+                assert_eq!(r.itt, req.itt);
+                s
             }
-        };
+            other => panic!("{other:?}"),
+        }
+    };
     let mut hooks = Hooks::default();
     // Missing InitiatorName.
     assert_eq!(
@@ -672,6 +674,15 @@ fn first_request_errors() {
             &mut hooks
         ),
         LoginStatus::SESSION_DOES_NOT_EXIST
+    );
+    // CSG FullFeaturePhase in a Login Request.
+    assert_eq!(
+        status_of(
+            login_req(LoginStage::FullFeaturePhase, false, sec),
+            keys(&[("InitiatorName", IQN_I)]),
+            &mut hooks
+        ),
+        LoginStatus::INITIATOR_ERROR
     );
     // T and C together.
     let mut r = login_req(sec, true, op);
