@@ -656,3 +656,280 @@ fn signed_residual(underflow: bool, overflow: bool, count: u32) -> i64 {
         0
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bhs::{DataIn, NopIn, R2t, ScsiResponse};
+
+    fn params() -> SessionParams {
+        SessionParams {
+            target_max_recv_data_segment_length: 4096,
+            initiator_max_recv_data_segment_length: 8192,
+            first_burst_length: 8192,
+            max_burst_length: 16384,
+            immediate_data: true,
+            initial_r2t: false,
+            ..SessionParams::default()
+        }
+    }
+
+    /// Every PDU the session queued, decoded.
+    fn sent(s: &mut InitiatorSession) -> Vec<(Bhs, Vec<u8>)> {
+        let mut out = Vec::new();
+        let tx = s.pending_tx().to_vec();
+        let mut at = 0;
+        while at < tx.len() {
+            let Parsed::Complete(p, n) = parse_pdu(&tx[at..], Digests::default(), 1 << 20).unwrap()
+            else {
+                panic!("partial PDU in tx")
+            };
+            out.push((p.bhs, p.data.to_vec()));
+            at += n;
+        }
+        s.consume_tx(tx.len());
+        out
+    }
+
+    fn feed(s: &mut InitiatorSession, body: BhsBody, data: &[u8]) -> Result<(), SessionError> {
+        let mut wire = Vec::new();
+        encode_pdu(&Bhs::new(body), &[], data, Digests::default(), &mut wire).unwrap();
+        // Delivered in two pieces to exercise reassembly.
+        let (a, b) = wire.split_at(wire.len() / 2);
+        s.receive(a)?;
+        s.receive(b)
+    }
+
+    fn response(itt: u32, stat_sn: u32, max_cmd_sn: u32, status: u8) -> BhsBody {
+        BhsBody::ScsiResponse(ScsiResponse {
+            bidi_read_overflow: false,
+            bidi_read_underflow: false,
+            overflow: false,
+            underflow: false,
+            response: ScsiResponseCode::CommandCompleted,
+            status,
+            itt,
+            snack_tag: 0,
+            stat_sn,
+            exp_cmd_sn: 0,
+            max_cmd_sn,
+            exp_data_sn: 0,
+            bidi_read_residual_count: 0,
+            residual_count: 0,
+        })
+    }
+
+    #[test]
+    fn write_with_immediate_unsolicited_and_r2t_data() {
+        let mut s = InitiatorSession::new(params(), 10, 5, 20, 4);
+        let data: Vec<u8> = (0..20000u32).map(|i| i as u8).collect();
+        s.submit(
+            Lun::from_index(1),
+            &[0x8a; 16],
+            DataDirection::Write,
+            data.clone(),
+            7,
+        )
+        .unwrap();
+        let pdus = sent(&mut s);
+        assert_eq!(pdus.len(), 2);
+        let BhsBody::ScsiCommand(c) = pdus[0].0.body else {
+            panic!()
+        };
+        assert!(c.write && !c.final_, "unsolicited Data-Out follows");
+        assert_eq!((c.cmd_sn, c.exp_stat_sn), (10, 5));
+        assert_eq!(c.expected_data_transfer_length, 20000);
+        assert_eq!(
+            pdus[0].1,
+            data[..4096],
+            "immediate data up to MaxRecvDataSegmentLength"
+        );
+        let BhsBody::DataOut(d) = pdus[1].0.body else {
+            panic!()
+        };
+        assert_eq!(
+            (d.ttt, d.data_sn, d.buffer_offset, d.final_),
+            (RESERVED_TAG, 0, 4096, true)
+        );
+        assert_eq!(
+            pdus[1].1,
+            data[4096..8192],
+            "unsolicited up to FirstBurstLength"
+        );
+
+        let itt = c.itt;
+        feed(
+            &mut s,
+            BhsBody::R2t(R2t {
+                lun: Lun::from_index(1),
+                itt,
+                ttt: 0x55,
+                stat_sn: 5,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 20,
+                r2t_sn: 0,
+                buffer_offset: 8192,
+                desired_data_transfer_length: 11808,
+            }),
+            &[],
+        )
+        .unwrap();
+        let pdus = sent(&mut s);
+        let got: Vec<(u32, u32, u32, bool, usize)> = pdus
+            .iter()
+            .map(|(b, d)| {
+                let BhsBody::DataOut(o) = b.body else {
+                    panic!()
+                };
+                (o.ttt, o.data_sn, o.buffer_offset, o.final_, d.len())
+            })
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (0x55, 0, 8192, false, 4096),
+                (0x55, 1, 12288, false, 4096),
+                (0x55, 2, 16384, true, 3616)
+            ]
+        );
+        assert_eq!(pdus[2].1, data[16384..]);
+        feed(&mut s, response(itt, 5, 20, 0), &[]).unwrap();
+        let c = s.next_completion().unwrap();
+        assert_eq!((c.user_tag, c.result), (7, Ok(())));
+        assert_eq!(s.outstanding(), 0);
+        // R2T beyond the buffer is a protocol violation.
+        s.submit(
+            Lun::default(),
+            &[0x8a],
+            DataDirection::Write,
+            vec![0; 100],
+            8,
+        )
+        .unwrap();
+        let BhsBody::ScsiCommand(c) = sent(&mut s)[0].0.body else {
+            panic!()
+        };
+        let bad = BhsBody::R2t(R2t {
+            itt: c.itt,
+            ttt: 1,
+            buffer_offset: 50,
+            desired_data_transfer_length: 51,
+            ..R2t::default()
+        });
+        assert!(feed(&mut s, bad, &[]).is_err());
+        let c = s.next_completion().unwrap();
+        assert_eq!(c.result, Err(CommandError::ConnectionLost));
+    }
+
+    #[test]
+    fn cmdsn_window_holds_commands() {
+        // ExpCmdSN 10, MaxCmdSN 11: two commands may go.
+        let mut s = InitiatorSession::new(params(), 10, 1, 11, 8);
+        for tag in 0..3 {
+            s.submit(
+                Lun::default(),
+                &[0x28],
+                DataDirection::Read,
+                vec![0; 512],
+                tag,
+            )
+            .unwrap();
+        }
+        let pdus = sent(&mut s);
+        assert_eq!(pdus.len(), 2);
+        let BhsBody::ScsiCommand(first) = pdus[0].0.body else {
+            panic!()
+        };
+        // Data-In with status completes the first and opens the window by one.
+        let data = vec![0xabu8; 512];
+        feed(
+            &mut s,
+            BhsBody::DataIn(DataIn {
+                final_: true,
+                status_present: true,
+                itt: first.itt,
+                ttt: RESERVED_TAG,
+                stat_sn: 1,
+                exp_cmd_sn: 11,
+                max_cmd_sn: 12,
+                ..DataIn::default()
+            }),
+            &data,
+        )
+        .unwrap();
+        let c = s.next_completion().unwrap();
+        assert_eq!((c.user_tag, c.result.clone(), c.buffer), (0, Ok(()), data));
+        let pdus = sent(&mut s);
+        assert_eq!(pdus.len(), 1);
+        let BhsBody::ScsiCommand(third) = pdus[0].0.body else {
+            panic!()
+        };
+        assert_eq!((third.cmd_sn, third.exp_stat_sn), (12, 2));
+        // A window update with MaxCmdSN < ExpCmdSN - 1 is ignored.
+        s.update_window(20, 5);
+        assert_eq!(s.max_cmd_sn, 12);
+    }
+
+    #[test]
+    fn nop_in_ping_is_answered_and_sense_is_returned() {
+        let mut s = InitiatorSession::new(params(), 1, 1, 10, 2);
+        feed(
+            &mut s,
+            BhsBody::NopIn(NopIn {
+                itt: RESERVED_TAG,
+                ttt: 0x77,
+                stat_sn: 1,
+                exp_cmd_sn: 1,
+                max_cmd_sn: 10,
+                ..NopIn::default()
+            }),
+            b"ping",
+        )
+        .unwrap();
+        let pdus = sent(&mut s);
+        let BhsBody::NopOut(n) = pdus[0].0.body else {
+            panic!()
+        };
+        assert!(n.immediate);
+        assert_eq!((n.itt, n.ttt, n.cmd_sn), (RESERVED_TAG, 0x77, 1));
+        assert_eq!(pdus[0].1, b"ping");
+
+        s.submit(
+            Lun::default(),
+            &[0x88],
+            DataDirection::Read,
+            vec![0; 512],
+            3,
+        )
+        .unwrap();
+        let BhsBody::ScsiCommand(c) = sent(&mut s)[0].0.body else {
+            panic!()
+        };
+        let sense = [0x70, 0, 0x05, 0, 0, 0, 0, 10, 0, 0, 0, 0, 0x21, 0];
+        let mut seg = vec![0, sense.len() as u8];
+        seg.extend_from_slice(&sense);
+        feed(&mut s, response(c.itt, 1, 10, 2), &seg).unwrap();
+        let done = s.next_completion().unwrap();
+        assert_eq!(
+            done.result,
+            Err(CommandError::Scsi {
+                status: 2,
+                sense: sense.to_vec()
+            })
+        );
+        // Data-In for a task that does not exist.
+        assert!(feed(
+            &mut s,
+            BhsBody::DataIn(DataIn {
+                itt: 0x1234,
+                ..DataIn::default()
+            }),
+            &[0; 4]
+        )
+        .is_err());
+        assert_eq!(
+            s.submit(Lun::default(), &[0], DataDirection::None, Vec::new(), 0),
+            Err(SubmitError::Closed)
+        );
+    }
+}
