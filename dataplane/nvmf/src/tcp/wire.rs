@@ -186,7 +186,7 @@ pub fn decode_h2c(hdr: &[u8], rules: &RxRules) -> Result<Parsed, PduFault> {
         )));
     }
     if hd == 4 {
-        let want = crc32c::crc32c(&hdr[..hlen]);
+        let want = crate::tcp::digest::header_digest(&hdr[..hlen]);
         let got = u32::from_le_bytes([hdr[hlen], hdr[hlen + 1], hdr[hlen + 2], hdr[hlen + 3]]);
         if want != got {
             return Err(
@@ -331,7 +331,7 @@ fn put_common(out: &mut [u8], ty: u8, flags: u8, hlen: u8, pdo: u8, plen: u32) {
 
 fn seal(out: &mut [u8], hlen: usize, hdgst: bool) -> usize {
     if hdgst {
-        let d = crc32c::crc32c(&out[..hlen]);
+        let d = crate::tcp::digest::header_digest(&out[..hlen]);
         out[hlen..hlen + 4].copy_from_slice(&d.to_le_bytes());
         hlen + 4
     } else {
@@ -434,9 +434,8 @@ pub fn encode_c2h_term_req(out: &mut [u8], fes: u8, fei: u32, header: &[u8]) -> 
     24 + data.len()
 }
 
-/// CRC32C over `len` bytes of `buf` from `offset`.
+/// CRC32C over `len` bytes of `buf` from `offset` (the codec's digest; a range outside the
+/// buffer digests to a value no peer's digest will match).
 pub fn data_digest(buf: &SgList, offset: usize, len: usize) -> u32 {
-    let mut crc = 0u32;
-    buf.for_each_chunk(offset, len, |c| crc = crc32c::crc32c_append(crc, c));
-    crc
+    crate::tcp::digest::sg_data_digest(buf, offset, len).unwrap_or(!0)
 }
