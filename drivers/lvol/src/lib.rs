@@ -1,0 +1,1 @@
+//! Logical volumes: thin-provisioned pools with snapshots, clones and resize (work in progress).
