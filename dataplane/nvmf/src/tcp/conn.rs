@@ -24,7 +24,11 @@ use crate::config::ListenAddress;
 use crate::target::controller::Controller;
 use crate::target::subsystem::{Namespace, SubsystemKind};
 use crate::target::{admin, TargetShared};
-use crate::tcp::wire::{self, H2cPdu, PduFault, RxRules};
+use crate::tcp::digest::sg_data_digest;
+use crate::tcp::pdu::{
+    self, C2hData, CapsuleResp, HeaderParse, Pdu, PduError, PduRules, R2t, Role, TermReq,
+    MAX_TERM_REQ_DATA,
+};
 
 /// What a poll of the connection found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,11 +121,13 @@ enum SlotState {
 }
 
 /// Byte layout of a slot's PDU header area.
-const TX_DATA_HDR: usize = 0; // C2HData header (+ digest + padding), up to 64 bytes
-const TX_DDGST: usize = 64; // data digest trailer
-const TX_RESP: usize = 72; // CapsuleResp header (+ digest)
-const TX_R2T: usize = 104; // R2T header (+ digest)
-const TX_LEN: usize = 136;
+/// The C2HData header with its digest and padding to the host's HPDA: up to 128 bytes
+/// (HPDA 31).
+const TX_DATA_HDR: usize = 0;
+const TX_DDGST: usize = 128; // data digest trailer
+const TX_RESP: usize = 136; // CapsuleResp header (+ digest)
+const TX_R2T: usize = 168; // R2T header (+ digest)
+const TX_LEN: usize = 200;
 
 struct Slot {
     state: SlotState,
@@ -196,9 +202,10 @@ pub(crate) struct TargetConnection {
     target: Arc<TargetShared>,
     pool: PoolCache,
     phase: Phase,
-    rules: RxRules,
-    /// Host PDU data alignment (from ICReq): C2HData payload starts at a multiple of this.
-    host_data_align: usize,
+    /// What ICReq/ICResp negotiated: digests, alignments, data limits.
+    rules: PduRules,
+    /// Where in staging the PDU header being handled starts.
+    header_at: usize,
     rx: Rx,
     staging: Box<[u8]>,
     rs: usize,
@@ -248,8 +255,13 @@ impl TargetConnection {
             listener,
             pool,
             phase: Phase::AwaitIcReq,
-            rules: RxRules::initial(opts.max_h2c_data as usize),
-            host_data_align: 4,
+            // The header-level cap on in-capsule data is the largest any queue accepts;
+            // each queue checks its own limit per command.
+            rules: PduRules::controller(
+                opts.max_h2c_data,
+                opts.in_capsule_data_size.max(ADMIN_IN_CAPSULE_MIN),
+            ),
+            header_at: 0,
             rx: Rx::Header,
             staging: vec![0u8; STAGING].into_boxed_slice(),
             rs: 0,
@@ -356,19 +368,21 @@ impl TargetConnection {
     fn step_rx(&mut self) -> Result<bool, RxStop> {
         match self.rx {
             Rx::Header => {
-                let need = match wire::header_len(&self.staging[self.rs..self.re], &self.rules) {
-                    Ok(Some(len)) => len,
-                    Ok(None) => 8,
-                    Err(f) => return Err(RxStop::Fault(f)),
-                };
-                if self.avail() < need {
-                    return self.fill();
+                // A fatal error echoes the header that starts here in its C2HTermReq.
+                self.header_at = self.rs;
+                let staged = &self.staging[self.rs..self.re];
+                match pdu::parse_header(staged, &self.rules) {
+                    Ok(HeaderParse::NeedMore(need)) => {
+                        debug_assert!(need > staged.len());
+                        self.fill()
+                    }
+                    Ok(HeaderParse::Complete { layout, pdu }) => {
+                        self.rs += layout.header_len;
+                        self.on_pdu(pdu, layout.pad_len, layout.data_len)?;
+                        Ok(true)
+                    }
+                    Err(error) => Err(RxStop::Fault(error)),
                 }
-                let hdr = &self.staging[self.rs..self.rs + need];
-                let parsed = wire::decode_h2c(hdr, &self.rules).map_err(RxStop::Fault)?;
-                self.rs += need;
-                self.on_pdu(parsed.pdu, parsed.pad, parsed.data_len)?;
-                Ok(true)
             }
             Rx::Skip { remaining, then } => {
                 if self.avail() == 0 && !self.fill()? {
@@ -456,9 +470,8 @@ impl TargetConnection {
                 let mut got = [0u8; 4];
                 got.copy_from_slice(&self.staging[self.rs..self.rs + 4]);
                 self.rs += 4;
-                let want =
-                    wire::data_digest(&self.slots[usize::from(slot)].buf, pdu_offset, pdu_len);
-                let ok = u32::from_le_bytes(got) == want;
+                let want = sg_data_digest(&self.slots[usize::from(slot)].buf, pdu_offset, pdu_len);
+                let ok = want == Some(u32::from_le_bytes(got));
                 if !ok {
                     tracing::warn!(id = self.id, peer = %self.peer, "nvmf: data digest mismatch");
                 }
@@ -581,91 +594,71 @@ impl TargetConnection {
         self.execute(slot);
     }
 
-    fn on_pdu(&mut self, pdu: H2cPdu, pad: usize, data_len: usize) -> Result<(), RxStop> {
+    fn on_pdu(&mut self, pdu: Pdu, pad: usize, data_len: usize) -> Result<(), RxStop> {
+        // The codec has already checked the PDU against the connection's phase (ICReq first
+        // and once) and the negotiated digests and limits.
         match pdu {
-            H2cPdu::IcReq {
-                pfv,
-                hpda,
-                header_digest,
-                data_digest,
-            } => {
-                if self.phase != Phase::AwaitIcReq {
-                    return Err(RxStop::Fault(PduFault::sequence(
-                        "ICReq after initialization",
-                    )));
-                }
-                if pfv != 0 {
-                    return Err(RxStop::Fault(PduFault::invalid_field(8, "unsupported PFV")));
-                }
-                self.host_data_align = (usize::from(hpda) + 1) * 4;
-                let max_h2c = self.target.options.max_h2c_data;
-                let n = wire::encode_ic_resp(
-                    &mut self.conn_tx[..],
-                    header_digest,
-                    data_digest,
-                    max_h2c,
-                );
+            Pdu::IcReq(req) => {
+                let resp = self.rules.accept_icreq(&req, 0, true, true);
+                let n = resp
+                    .encode(&mut self.conn_tx[..])
+                    .map_err(|_| RxStop::Closed("ICResp does not fit its buffer"))?;
                 // SAFETY: conn_tx lives as long as the connection and is not rewritten until
                 // the connection ends (ICResp is sent once).
                 unsafe {
                     self.sendq
                         .push(self.conn_tx.as_ptr(), n, gyre_net::NO_COOKIE)
                 };
-                self.rules.enable(header_digest, data_digest);
                 self.phase = Phase::Ready;
                 Ok(())
             }
-            H2cPdu::TermReq { fes, fei } => {
+            Pdu::H2cTermReq(t) => {
                 tracing::warn!(
                     id = self.id,
                     peer = %self.peer,
-                    fes,
-                    fei,
+                    fes = t.fes,
+                    fei = t.fei,
                     "nvmf: host terminated the connection (H2CTermReq)"
                 );
                 self.close("host sent H2CTermReq");
                 Err(RxStop::Closed("host sent H2CTermReq"))
             }
-            H2cPdu::CapsuleCmd(cmd) => {
-                if self.phase != Phase::Ready {
-                    return Err(RxStop::Fault(PduFault::sequence("command before ICReq")));
-                }
-                self.on_command(cmd, pad, data_len)
-            }
-            H2cPdu::H2cData {
-                cccid,
-                ttag,
-                datao,
-                datal,
-                last,
-            } => {
-                if self.phase != Phase::Ready {
-                    return Err(RxStop::Fault(PduFault::sequence("H2CData before ICReq")));
-                }
-                let Some(s) = self.slots.get(usize::from(ttag)) else {
-                    return Err(RxStop::Fault(PduFault::invalid_field(10, "unknown TTAG")));
+            Pdu::CapsuleCmd(c) => self.on_command(c.sqe, pad, data_len),
+            Pdu::H2cData(d) => {
+                let Some(s) = self.slots.get(usize::from(d.ttag)) else {
+                    return Err(RxStop::Fault(PduError::invalid_field(10, "unknown TTAG")));
                 };
-                if s.state != SlotState::AwaitData || s.cmd.cid != cccid {
-                    return Err(RxStop::Fault(PduFault::invalid_field(
+                if s.state != SlotState::AwaitData || s.cmd.cid != d.cccid {
+                    return Err(RxStop::Fault(PduError::invalid_field(
                         8,
                         "H2CData for a command not awaiting data",
                     )));
                 }
-                let datao = datao as usize;
-                let datal = datal as usize;
+                let datao = d.datao as usize;
+                let datal = d.datal as usize;
                 if datao != s.received || datao + datal > s.data_len {
-                    return Err(RxStop::Fault(PduFault::out_of_range(
+                    return Err(RxStop::Fault(PduError::out_of_range(
                         "H2CData outside the requested range",
                     )));
                 }
-                if last && datao + datal != s.data_len {
-                    return Err(RxStop::Fault(PduFault::sequence(
+                if d.last && datao + datal != s.data_len {
+                    return Err(RxStop::Fault(PduError::sequence(
                         "LAST_PDU before the end of data",
                     )));
                 }
-                self.begin_payload(ttag, pad, datao, datal, PayloadKind::H2cData { last });
+                let kind = PayloadKind::H2cData { last: d.last };
+                self.begin_payload(d.ttag, pad, datao, datal, kind);
                 Ok(())
             }
+            // `validate` refuses PDUs of the controller's own direction.
+            Pdu::IcResp(_)
+            | Pdu::C2hTermReq(_)
+            | Pdu::CapsuleResp(_)
+            | Pdu::C2hData(_)
+            | Pdu::R2t(_) => Err(RxStop::Fault(PduError::invalid_field(
+                0,
+                "PDU type not sent by a host",
+            ))),
         }
     }
 }
@@ -675,7 +668,7 @@ impl TargetConnection {
 
     fn on_command(&mut self, cmd: Command, pad: usize, data_len: usize) -> Result<(), RxStop> {
         let Some(slot) = self.free.pop() else {
-            return Err(RxStop::Fault(PduFault::sequence(
+            return Err(RxStop::Fault(PduError::sequence(
                 "more commands outstanding than the submission queue holds",
             )));
         };
@@ -753,7 +746,10 @@ impl TargetConnection {
     fn in_capsule_limit(&self) -> usize {
         if self.queue.is_none() || self.queue.as_ref().is_some_and(|q| q.qid == 0) {
             // Connect data, and admin commands, which we accept in-capsule up to 8 KiB too.
-            (self.target.options.in_capsule_data_size as usize).max(1024)
+            self.target
+                .options
+                .in_capsule_data_size
+                .max(ADMIN_IN_CAPSULE_MIN) as usize
         } else {
             self.target.options.in_capsule_data_size as usize
         }
@@ -818,12 +814,18 @@ impl TargetConnection {
             self.waiting_buffers.push_back(slot);
             return;
         };
-        let hdgst = self.rules.header_digest;
         let s = &mut self.slots[usize::from(slot)];
         s.buf = buf;
         s.received = 0;
         s.state = SlotState::AwaitData;
-        let n = wire::encode_r2t(&mut s.tx[TX_R2T..], s.cmd.cid, slot, 0, len as u32, hdgst);
+        let r2t = R2t {
+            cccid: s.cmd.cid,
+            ttag: slot,
+            r2to: 0,
+            r2tl: len as u32,
+        };
+        // The R2T area holds a header with its digest: the encoder cannot run out of room.
+        let n = r2t.encode(&self.rules, &mut s.tx[TX_R2T..]).unwrap_or(0);
         // SAFETY: the slot's tx area outlives the queue entry (slots are never reallocated
         // and the R2T area is not rewritten while the command awaits data).
         unsafe {
@@ -1307,9 +1309,7 @@ impl TargetConnection {
     }
 
     fn respond(&mut self, slot: u16) {
-        let hdgst = self.rules.header_digest;
-        let ddgst = self.rules.data_digest;
-        let align = self.host_data_align;
+        let rules = self.rules;
         let (sq_head, success_flag_ok) = match self.queue.as_ref() {
             Some(q) => (
                 q.sq_head,
@@ -1328,17 +1328,20 @@ impl TargetConnection {
         let mut entries: SmallVec<[(*const u8, usize); 12]> = SmallVec::new();
         if sends_data {
             let len = s.data_len;
-            let n = wire::encode_c2h_data(
-                &mut s.tx[TX_DATA_HDR..TX_DDGST],
-                s.cmd.cid,
-                0,
-                len as u32,
-                skip_resp,
-                hdgst,
-                ddgst,
-                align,
-            );
-            entries.push((s.tx[TX_DATA_HDR..].as_ptr(), n));
+            let c2h = C2hData {
+                cccid: s.cmd.cid,
+                datao: 0,
+                datal: len as u32,
+                last: true,
+                success: skip_resp,
+            };
+            // The area fits the header, its digest and padding to any HPDA (≤ 128 bytes).
+            let Ok(hdr) = c2h.encode(&rules, &mut s.tx[TX_DATA_HDR..TX_DDGST]) else {
+                tracing::error!(id = self.id, "nvmf: C2HData header does not fit; closing");
+                self.close("C2HData header overflow");
+                return;
+            };
+            entries.push((s.tx[TX_DATA_HDR..].as_ptr(), hdr.len));
             let mut left = len;
             for seg in s.buf.segments() {
                 if left == 0 {
@@ -1348,14 +1351,16 @@ impl TargetConnection {
                 entries.push((seg.as_ptr(), take));
                 left -= take;
             }
-            if ddgst {
-                let d = wire::data_digest(&s.buf, 0, len);
+            if hdr.data_digest {
+                // The buffer holds `len` bytes (it was sized for the command).
+                let d = sg_data_digest(&s.buf, 0, len).unwrap_or(!0);
                 s.tx[TX_DDGST..TX_DDGST + 4].copy_from_slice(&d.to_le_bytes());
                 entries.push((s.tx[TX_DDGST..].as_ptr(), 4));
             }
         }
         if !skip_resp {
-            let n = wire::encode_capsule_resp(&mut s.tx[TX_RESP..TX_R2T], &s.cqe, hdgst);
+            let resp = CapsuleResp { cqe: s.cqe };
+            let n = resp.encode(&rules, &mut s.tx[TX_RESP..TX_R2T]).unwrap_or(0);
             entries.push((s.tx[TX_RESP..].as_ptr(), n));
         }
         if self.sendq.room() < entries.len() {
@@ -1512,17 +1517,30 @@ impl TargetConnection {
     }
 
     /// Sends a C2HTermReq for a fatal transport error, then closes.
-    fn terminate(&mut self, fault: PduFault) {
+    fn terminate(&mut self, error: PduError) {
         tracing::warn!(
             id = self.id,
             peer = %self.peer,
-            fes = fault.fes,
-            fei = fault.fei,
-            why = fault.why,
+            fes = ?error.fes(),
+            fei = error.fei(),
+            %error,
             "nvmf: fatal transport error; terminating the connection"
         );
-        let n =
-            wire::encode_c2h_term_req(&mut self.conn_tx[..], fault.fes, fault.fei, &fault.header);
+        // The offending PDU's header, as far as it was received (staging is untouched
+        // since it was parsed).
+        let staged = &self.staging[self.header_at.min(self.re)..self.re];
+        let hlen = staged.get(2).map_or(0, |&h| usize::from(h)).max(8);
+        let offending = &staged[..staged.len().min(hlen).min(MAX_TERM_REQ_DATA)];
+        let n = TermReq::for_error(&error)
+            .and_then(|t| {
+                t.encode(Role::Controller, offending, &mut self.conn_tx[..])
+                    .ok()
+            })
+            .unwrap_or(0);
+        if n == 0 {
+            self.close("fatal transport error");
+            return;
+        }
         // SAFETY: conn_tx stays alive and unchanged until the connection ends.
         unsafe {
             self.sendq
@@ -1683,7 +1701,11 @@ fn refresh_namespaces(
 /// Why the receive loop stopped early.
 enum RxStop {
     /// A fatal transport error: send C2HTermReq and close.
-    Fault(PduFault),
+    Fault(PduError),
     /// The socket is gone.
     Closed(&'static str),
 }
+
+/// In-capsule data accepted on the admin queue (Connect data is 1 KiB) even when I/O queues
+/// take less.
+const ADMIN_IN_CAPSULE_MIN: u32 = 1024;

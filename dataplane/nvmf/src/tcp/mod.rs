@@ -6,4 +6,3 @@ pub mod group;
 pub mod pdu;
 #[cfg(test)]
 mod pdu_tests;
-pub mod wire;
