@@ -10,6 +10,7 @@ use gyre_reactor::clock::ticks;
 use uuid::Uuid;
 
 use crate::io::{IoCompletion, IoError, IoOp, IoRequest, IoStatus, IoTypes};
+use crate::rangelock::RangeLock;
 use crate::stats::{BdevIoStats, IoCounters, IoStatsSnapshot, OpKind, TicksToNs};
 use crate::BdevError;
 
@@ -25,6 +26,8 @@ pub struct BdevInfo {
     removed: AtomicBool,
     assigned_uuid: OnceLock<Uuid>,
     io_stats: BdevIoStats,
+    /// Ranges held by atomic read-modify-write commands, for every consumer of the bdev.
+    range_lock: RangeLock,
 }
 
 impl BdevInfo {
@@ -57,7 +60,13 @@ impl BdevInfo {
             removed: AtomicBool::new(false),
             assigned_uuid: OnceLock::new(),
             io_stats: BdevIoStats::default(),
+            range_lock: RangeLock::default(),
         })
+    }
+
+    /// The range lock atomic read-modify-write commands take on this bdev.
+    pub fn range_lock(&self) -> &RangeLock {
+        &self.range_lock
     }
 
     pub fn with_uuid(mut self, uuid: Uuid) -> Self {

@@ -16,6 +16,7 @@ pub mod inject;
 pub mod io;
 pub mod malloc;
 pub mod null;
+pub mod rangelock;
 pub mod registry;
 pub mod stats;
 pub mod testing;
@@ -25,6 +26,7 @@ pub use inject::{Faults, InjectBdev};
 pub use io::{IoCompletion, IoError, IoFlags, IoOp, IoRequest, IoStatus, IoTypes};
 pub use malloc::MallocBdev;
 pub use null::NullBdev;
+pub use rangelock::{RangeGuard, RangeLock, WriteGate};
 pub use registry::{BdevDesc, BdevEvent, BdevEventHandler, BdevRegistry, BdevSummary};
 pub use stats::{IoStatsSnapshot, KindStats, OpKind};
 

@@ -203,7 +203,7 @@ impl ScsiLun {
         let bdev = self.desc.channel()?;
         let pool = global_pool()?.local();
         Ok(LunChannel {
-            gate: self.range_lock.new_gate(),
+            gate: self.range_lock().new_gate(),
             res: self.reservation_view(),
             reset_epoch: self.reset_epoch.load(Ordering::Acquire),
             abort_epoch: self.abort_epoch.load(Ordering::Acquire),
@@ -563,7 +563,7 @@ impl LunChannel {
             return true;
         }
         self.gate.begin();
-        if self.lun.range_lock.write_may_proceed(lba, blocks) {
+        if self.lun.range_lock().write_may_proceed(lba, blocks) {
             self.slots[idx as usize].gate_open = true;
             true
         } else {
@@ -576,13 +576,13 @@ impl LunChannel {
     fn acquire_range(&mut self, idx: u32, lba: u64, blocks: u64) -> bool {
         let s = &mut self.slots[idx as usize];
         if s.range.is_none() {
-            match self.lun.range_lock.try_acquire(lba, blocks) {
+            match self.lun.range_lock().try_acquire(lba, blocks) {
                 Some(g) => s.range = Some(g),
                 None => return false,
             }
         }
         match s.range.as_mut() {
-            Some(g) => self.lun.range_lock.drained(g),
+            Some(g) => self.lun.range_lock().drained(g),
             None => false,
         }
     }
@@ -782,7 +782,7 @@ impl LunChannel {
                     if d.blocks > 0
                         && !self
                             .lun
-                            .range_lock
+                            .range_lock()
                             .write_may_proceed(d.lba, d.blocks as u64)
                     {
                         self.gate.end();
@@ -1077,7 +1077,7 @@ impl LunChannel {
             s.gate_open = false;
         }
         if let Some(g) = s.range.take() {
-            self.lun.range_lock.release(g);
+            self.lun.range_lock().release(g);
         }
         let result = if s.aborted {
             Err(Fail::Status(ScsiStatus::TaskAborted))

@@ -17,7 +17,8 @@ pub mod channel;
 pub mod emulate;
 pub mod lun;
 pub mod pr;
-pub mod rangelock;
+/// The range lock is the bdev's, shared with every other consumer of the bdev.
+pub use gyre_bdev::rangelock;
 pub mod sense;
 
 pub use cdb::{decode, Cdb, Command, CommandInfo, DataDirection, Limits};

@@ -219,7 +219,6 @@ pub struct ScsiLun {
     pub(crate) d_sense: AtomicBool,
     pub(crate) wce: AtomicBool,
     alua: Vec<AtomicU8>,
-    pub(crate) range_lock: RangeLock,
     /// PREEMPT AND ABORT: nexuses whose tasks every channel must abort, by epoch.
     pub(crate) abort_epoch: AtomicU64,
     aborts: Mutex<VecDeque<(u64, NexusId)>>,
@@ -310,11 +309,16 @@ impl ScsiLun {
             d_sense: AtomicBool::new(false),
             wce: AtomicBool::new(wce),
             alua,
-            range_lock: RangeLock::default(),
             abort_epoch: AtomicU64::new(0),
             aborts: Mutex::new(VecDeque::new()),
             cfg,
         }))
+    }
+
+    /// The bdev's range lock: COMPARE AND WRITE excludes writes from every consumer of the
+    /// bdev, not just this LUN's.
+    pub(crate) fn range_lock(&self) -> &RangeLock {
+        self.desc.info().range_lock()
     }
 
     pub fn lun(&self) -> u64 {

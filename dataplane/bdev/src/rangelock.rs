@@ -1,7 +1,10 @@
-//! The COMPARE AND WRITE range lock.
+//! The bdev-wide range lock for atomic read-modify-write commands.
 //!
-//! COMPARE AND WRITE (and ORWRITE) read, compare and write a range as one atomic step, so no
-//! other write to that range may land in between, wherever it comes from. Ordinary writes
+//! SCSI COMPARE AND WRITE (and ORWRITE) and NVMe fused Compare-and-Write read, compare and
+//! write a range as one atomic step, so no other write to that range may land in between,
+//! wherever it comes from: another channel, another reactor, another protocol. That is why
+//! the lock lives with the bdev ([`crate::BdevInfo::range_lock`]) and every consumer that
+//! writes gates its writes through it. Ordinary writes
 //! must not pay for this: they take no lock and touch no shared cache line.
 //!
 //! How: each channel owns a [`WriteGate`] with two counters only its reactor writes
