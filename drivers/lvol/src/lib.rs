@@ -1,1 +1,3 @@
-//! Logical volumes: thin-provisioned pools with snapshots, clones and resize (work in progress).
+//! Logical volumes: thin-provisioned pools with snapshots, clones and resize.
+
+pub mod meta;
