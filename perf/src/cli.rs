@@ -1,4 +1,5 @@
-//! The command line: one subcommand per kind of target, sharing the workload, engine and
+//! The command line: `run TARGET-URL` for any target (see [`crate::target`]), and `bdev
+//! --bdev TYPE:ARGS` (the same as `run bdev:TYPE:ARGS`), sharing the workload, engine and
 //! output options.
 
 use std::io::Write as _;
@@ -12,17 +13,39 @@ use gyre_reactor::{CoreList, IdlePolicy};
 
 use crate::engine::{self, EngineConfig};
 use crate::report::{progress_line, Report};
-use crate::target::bdev::{BdevOptions, BdevSpec, BdevTarget};
-use crate::target::Target;
-use crate::units::{parse_duration, parse_nonzero_size, parse_percent, parse_positive_duration};
+use crate::target::{with_target, Target, TargetOptions, TargetRunner};
+use crate::units::{
+    parse_duration, parse_nonzero_size, parse_percent, parse_positive_duration, parse_size,
+};
 use crate::workload::{Limit, RwMode, Workload};
+
+const AFTER_HELP: &str = "\
+Targets:
+  bdev:malloc:SIZE | bdev:null:SIZE | bdev:uring:PATH[:BLOCKSIZE]
+        a bdev created in this process (like SPDK's bdevperf)
+  bdev:inject:corrupt=LBA:TYPE:ARGS
+        test aid: reads of block LBA come back with their first byte flipped
+  iscsi://[USER%SECRET@]HOST[:PORT]/IQN/LUN
+        an iSCSI target (port 3260 by default, IPv6 hosts in brackets, CHAP with USER%SECRET),
+        one session per connection
+  nvmf://HOST:PORT/NQN[?ns=1&hdgst=1&ddgst=1]
+        NVMe/TCP (when this build has the NVMe/TCP host), one I/O queue per connection
+
+--verify stamps every written block with its LBA, a write generation and the seed (and fills
+the rest from them) and checks every read block that this run wrote: read patterns write the
+region once first, write patterns read it back at the end, randrw checks as it goes.
+
+Progress lines go to stderr every second (IOPS, MiB/s, p99); the final report (a table, or one
+JSON object with --json, schema in the gyre_perf::report docs) to stdout.
+Exit status: 0 on success, 1 if any I/O failed or --verify found a mismatch, 2 on any other
+error. Logs: RUST_LOG=info (default warn).";
 
 #[derive(Debug, Parser)]
 #[command(
     name = "gyre-perf",
     version,
-    about = "Gyre's load generator: drives a target from pinned, polling reactors and reports IOPS, bandwidth and latency percentiles",
-    after_help = "Progress lines go to stderr every second; the final report (a table, or one JSON object with --json) to stdout.\nThe exit status is 0 on success, 1 if any I/O failed, 2 on any other error.\nLogs: RUST_LOG=info (default warn)."
+    about = "Gyre's load generator and verifier: drives a target from pinned, polling reactors and reports IOPS, bandwidth and latency percentiles",
+    after_help = AFTER_HELP
 )]
 pub struct Cli {
     #[command(subcommand)]
@@ -31,23 +54,48 @@ pub struct Cli {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// Run against a bdev created in this process (like SPDK's bdevperf).
+    /// Run against a target named by a URL (bdev:..., iscsi://..., nvmf://...).
+    Run(RunArgs),
+    /// Run against a bdev created in this process (the same as `run bdev:TYPE:ARGS`).
     Bdev(BdevArgs),
 }
 
 #[derive(Debug, Args)]
+#[command(after_help = AFTER_HELP)]
+pub struct RunArgs {
+    /// The target URL.
+    #[arg(value_name = "TARGET")]
+    pub target: String,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = AFTER_HELP)]
 pub struct BdevArgs {
-    /// The bdev: malloc:SIZE (RAM), null:SIZE (discards writes, reads zeroes), or
-    /// uring:PATH[:BLOCKSIZE] (a file or block device through io_uring, O_DIRECT).
+    /// The bdev: malloc:SIZE (RAM), null:SIZE (discards writes, reads zeroes),
+    /// uring:PATH[:BLOCKSIZE] (a file or block device through io_uring, O_DIRECT), or the test
+    /// aid inject:corrupt=LBA:TYPE:ARGS.
     #[arg(long, value_name = "TYPE:ARGS")]
     pub bdev: String,
-    /// Block size of the bdev: 512 or 4096 (default 4096 for malloc and null; detected for
-    /// uring).
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// Everything but the target.
+#[derive(Debug, Args)]
+pub struct CommonArgs {
+    /// Block size of bdevs created here: 512 or 4096 (default 4096 for malloc and null;
+    /// detected for uring).
     #[arg(long, value_name = "BYTES", value_parser = parse_block_size_arg)]
     pub block_size: Option<u32>,
     /// uring: open without O_DIRECT (through the page cache).
     #[arg(long)]
     pub buffered: bool,
+    /// Connections (iSCSI sessions, NVMe/TCP I/O queues), spread over the cores [default:
+    /// one per core].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub connections: Option<u32>,
     #[command(flatten)]
     pub workload: WorkloadArgs,
     #[command(flatten)]
@@ -68,7 +116,7 @@ pub struct WorkloadArgs {
     /// Bytes per I/O (4k, 128k, 1M; a multiple of the block size).
     #[arg(long, value_name = "SIZE", default_value = "4k", value_parser = parse_nonzero_size)]
     pub bs: u64,
-    /// I/Os in flight per reactor.
+    /// I/Os in flight per connection (per reactor for bdevs).
     #[arg(long, value_name = "N", default_value_t = 32)]
     pub qd: u32,
     /// How long to measure (10s, 500ms, 2m) [default: 10s unless --ios].
@@ -80,10 +128,22 @@ pub struct WorkloadArgs {
     /// Warm-up before measuring; its I/O is not counted.
     #[arg(long, value_name = "DURATION", default_value = "0s", value_parser = parse_duration)]
     pub ramp: Duration,
-    /// Seed of the random offsets and read/write choices [default: a fixed seed, so runs
-    /// repeat].
+    /// Seed of the random offsets, read/write choices and verify patterns [default: a fixed
+    /// seed, so runs repeat].
     #[arg(long, value_name = "N")]
     pub seed: Option<u64>,
+    /// Start of the region to use (a size: 0, 1M, 4G).
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub offset: u64,
+    /// Length of the region to use [default: to the end of the target].
+    #[arg(long, value_name = "SIZE", value_parser = parse_nonzero_size)]
+    pub size: Option<u64>,
+    /// At most this many I/Os per second in total.
+    #[arg(long, value_name = "IOPS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub rate: Option<u64>,
+    /// Stamp written blocks and check read ones (see below); exit 1 on a mismatch.
+    #[arg(long)]
+    pub verify: bool,
 }
 
 /// Where and how the reactors run.
@@ -141,9 +201,14 @@ impl WorkloadArgs {
             (Some(t), None) => Limit::Time(t),
             (None, None) => Limit::Time(Duration::from_secs(10)),
         };
-        Workload::new(
+        let mut w = Workload::new(
             self.rw, self.mix, self.bs, self.qd, limit, self.ramp, self.seed,
-        )
+        )?;
+        w.region_offset = self.offset;
+        w.region_size = self.size;
+        w.rate = self.rate;
+        w.verify = self.verify;
+        Ok(w)
     }
 }
 
@@ -157,6 +222,26 @@ impl EngineArgs {
     }
 }
 
+impl CommonArgs {
+    /// The workload, engine configuration and target options these arguments describe.
+    pub fn resolve(&self) -> Result<(Workload, EngineConfig, TargetOptions)> {
+        let workload = self.workload.to_workload()?;
+        let mut engine = self.engine.to_config()?;
+        if let Some(n) = self.connections {
+            engine.connections = n as usize;
+        }
+        let opts = TargetOptions {
+            writable: workload.writes() || workload.verify,
+            queue_depth: workload.queue_depth,
+            io_size: workload.io_size,
+            connections: engine.connections,
+            block_size: self.block_size,
+            buffered: self.buffered,
+        };
+        Ok((workload, engine, opts))
+    }
+}
+
 pub fn init_logging() {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
@@ -166,24 +251,35 @@ pub fn init_logging() {
         .try_init();
 }
 
-/// Runs the command; the exit code says whether any I/O failed.
+/// Runs the command; the exit code says whether any I/O failed or verify found a mismatch.
 pub fn run(cli: Cli) -> Result<ExitCode> {
-    match cli.command {
-        Command::Bdev(args) => {
-            let workload = args.workload.to_workload()?;
-            let engine = args.engine.to_config()?;
-            let spec = BdevSpec::parse(&args.bdev)?;
-            let target = BdevTarget::create(
-                &args.bdev,
-                &spec,
-                &BdevOptions {
-                    block_size: args.block_size,
-                    buffered: args.buffered,
-                    writable: workload.writes(),
-                },
-            )?;
-            run_target(Arc::new(target), &workload, &engine, &args.output)
-        }
+    let (url, common) = match &cli.command {
+        Command::Run(a) => (a.target.clone(), &a.common),
+        Command::Bdev(a) => (format!("bdev:{}", a.bdev), &a.common),
+    };
+    let (workload, engine, opts) = common.resolve()?;
+    with_target(
+        &url,
+        &opts,
+        Runner {
+            workload: &workload,
+            engine: &engine,
+            output: &common.output,
+        },
+    )
+}
+
+/// Runs the workload against whatever target the URL gave.
+struct Runner<'a> {
+    workload: &'a Workload,
+    engine: &'a EngineConfig,
+    output: &'a OutputArgs,
+}
+
+impl TargetRunner for Runner<'_> {
+    type Output = ExitCode;
+    fn run<T: Target>(self, target: Arc<T>) -> Result<ExitCode> {
+        run_target(target, self.workload, self.engine, self.output)
     }
 }
 
@@ -221,9 +317,22 @@ pub fn run_target<T: Target>(
                 .map(|e| format!(" (first: {e})"))
                 .unwrap_or_default()
         );
-        return Ok(ExitCode::from(1));
     }
-    Ok(ExitCode::SUCCESS)
+    if let Some(v) = report.verify.as_ref().filter(|v| v.mismatches > 0) {
+        eprintln!(
+            "gyre-perf: verify: {} block(s) did not hold what was written{}",
+            v.mismatches,
+            v.first_mismatch
+                .as_ref()
+                .map(|m| format!("; first: {}", m.message))
+                .unwrap_or_default()
+        );
+    }
+    Ok(if report.failed() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
 }
 
 #[cfg(test)]
@@ -261,8 +370,11 @@ mod tests {
             "7",
         ])
         .unwrap();
-        let Command::Bdev(a) = cli.command;
+        let Command::Bdev(a) = cli.command else {
+            panic!("bdev")
+        };
         assert_eq!(a.bdev, "malloc:1G");
+        let a = a.common;
         let w = a.workload.to_workload().unwrap();
         assert_eq!(w.rw, RwMode::Randrw);
         assert_eq!(w.read_pct, 30);
@@ -280,8 +392,12 @@ mod tests {
     #[test]
     fn defaults() {
         let cli = parse(&["bdev", "--bdev", "null:1G", "--rw", "randread"]).unwrap();
-        let Command::Bdev(a) = cli.command;
+        let Command::Bdev(BdevArgs { common: a, .. }) = cli.command else {
+            panic!("bdev")
+        };
         let w = a.workload.to_workload().unwrap();
+        assert!(!w.verify);
+        assert_eq!((w.region_offset, w.region_size, w.rate), (0, None, None));
         assert_eq!(w.io_size, 4096);
         assert_eq!(w.queue_depth, 32);
         assert_eq!(w.limit, Limit::Time(Duration::from_secs(10)));
@@ -290,7 +406,9 @@ mod tests {
         assert_eq!(a.engine.idle, IdlePolicy::Poll);
         assert!(!a.output.json);
         let cli = parse(&["bdev", "--bdev", "null:1G", "--rw", "read", "--ios", "100"]).unwrap();
-        let Command::Bdev(a) = cli.command;
+        let Command::Bdev(BdevArgs { common: a, .. }) = cli.command else {
+            panic!("bdev")
+        };
         assert_eq!(a.workload.to_workload().unwrap().limit, Limit::Ios(100));
     }
 
@@ -323,18 +441,65 @@ mod tests {
             &["--rw", "read", "--cores", "1-0"],
             &["--rw", "read", "--idle", "sleepy"],
             &["--rw", "read", "--qd", "-1"],
+            &["--rw", "read", "--rate", "0"],
+            &["--rw", "read", "--connections", "0"],
+            &["--rw", "read", "--size", "0"],
             &[],
         ] {
             let args: Vec<&str> = base.iter().chain(extra.iter()).copied().collect();
             assert!(parse(&args).is_err(), "{args:?} should be rejected");
         }
         // Parsed but invalid as a workload.
-        let cli = parse(&["bdev", "--bdev", "m:1", "--rw", "read", "--mix", "50"]).unwrap();
-        let Command::Bdev(a) = cli.command;
-        assert!(a.workload.to_workload().is_err());
-        let cli = parse(&["bdev", "--bdev", "m:1", "--rw", "read", "--qd", "0"]).unwrap();
-        let Command::Bdev(a) = cli.command;
-        assert!(a.workload.to_workload().is_err());
+        for extra in [&["--mix", "50"][..], &["--qd", "0"]] {
+            let mut args = vec!["bdev", "--bdev", "m:1", "--rw", "read"];
+            args.extend_from_slice(extra);
+            let cli = parse(&args).unwrap();
+            let Command::Bdev(BdevArgs { common: a, .. }) = cli.command else {
+                panic!("bdev")
+            };
+            assert!(a.workload.to_workload().is_err(), "{args:?}");
+        }
+    }
+
+    #[test]
+    fn a_url_and_the_new_workload_options() {
+        let cli = parse(&[
+            "run",
+            "iscsi://alice%secret@[::1]:3261/iqn.2016-06.io.gyre:malloc0/0",
+            "--rw",
+            "randrw",
+            "--verify",
+            "--offset",
+            "1M",
+            "--size",
+            "64M",
+            "--rate",
+            "5000",
+            "--connections",
+            "4",
+            "--cores",
+            "0-1",
+        ])
+        .unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("run")
+        };
+        assert_eq!(
+            a.target,
+            "iscsi://alice%secret@[::1]:3261/iqn.2016-06.io.gyre:malloc0/0"
+        );
+        let (w, e, o) = a.common.resolve().unwrap();
+        assert!(w.verify && o.writable);
+        assert_eq!((w.region_offset, w.region_size), (1 << 20, Some(64 << 20)));
+        assert_eq!(w.rate, Some(5000));
+        assert_eq!((e.connections, o.connections), (4, 4));
+        let cli = parse(&["run", "bdev:null:1G", "--rw", "read", "--cores", "0-1"]).unwrap();
+        let Command::Run(a) = cli.command else {
+            panic!("run")
+        };
+        let (w, e, o) = a.common.resolve().unwrap();
+        assert_eq!(e.connections, 2, "one per core by default");
+        assert!(!o.writable && !w.verify);
     }
 
     #[test]

@@ -12,8 +12,9 @@ use gyre_reactor::{
 };
 
 use crate::job::{Job, JobPlan, JobProgress, JobResult, Phase, StartGate};
+use crate::live::{quantile_between, BUCKETS};
 use crate::rng::WyRand;
-use crate::target::Target;
+use crate::target::{QueuePlan, Target};
 use crate::workload::{Limit, Workload};
 
 /// How to run: where and how the reactors poll.
@@ -21,6 +22,8 @@ use crate::workload::{Limit, Workload};
 pub struct EngineConfig {
     pub cores: CoreList,
     pub idle: IdlePolicy,
+    /// Connections in total, spread over the reactors (at least one each).
+    pub connections: usize,
     /// Time between progress samples.
     pub progress_interval: Duration,
     /// Give up when no I/O completes for this long (a hung device).
@@ -30,6 +33,7 @@ pub struct EngineConfig {
 impl EngineConfig {
     pub fn new(cores: CoreList, idle: IdlePolicy) -> Self {
         EngineConfig {
+            connections: cores.len().max(1),
             cores,
             idle,
             progress_interval: Duration::from_secs(1),
@@ -50,6 +54,34 @@ pub struct ProgressSample {
     pub busy: f64,
     /// Failed I/Os so far.
     pub errors: u64,
+    /// `--verify` mismatches so far.
+    pub mismatches: u64,
+    /// 99th percentile latency over the interval, in nanoseconds (coarse: ±12.5%).
+    pub p99_ns: Option<u64>,
+}
+
+/// The connections of reactor `index` of `reactors` when `total` are spread over them
+/// (run-wide indexes, contiguous; the first reactors take one more when it does not divide).
+pub fn connections_of(index: usize, reactors: usize, total: usize) -> std::ops::Range<usize> {
+    let reactors = reactors.max(1);
+    let base = total / reactors;
+    let extra = total % reactors;
+    let start = index * base + index.min(extra);
+    start..start + base + usize::from(index < extra)
+}
+
+/// The byte region of job `index` of `jobs`: all of `[start, start + len)`, or with
+/// `--verify` its own slice of it (whole I/Os), so that each job tracks its blocks alone.
+pub fn job_region(w: &Workload, start: u64, len: u64, index: usize, jobs: usize) -> (u64, u64) {
+    if !w.verify || jobs <= 1 {
+        return (start, len);
+    }
+    let ios = len / w.io_size;
+    let jobs = jobs as u64;
+    let i = index as u64;
+    let first = ios * i / jobs;
+    let end = ios * (i + 1) / jobs;
+    (start + first * w.io_size, (end - first) * w.io_size)
 }
 
 /// What a run produced: each job's result (in reactor order) and its reactor's load over the
@@ -73,6 +105,7 @@ pub fn run<T: Target>(
 ) -> Result<RunOutcome> {
     let info = target.info().clone();
     workload.check_against(&info)?;
+    let (region_start, region_len) = workload.region(info.size_bytes(), info.block_size)?;
     let mut reactors = Reactors::start(&ReactorConfig {
         cores: config.cores.clone(),
         idle: config.idle,
@@ -80,18 +113,39 @@ pub fn run<T: Target>(
     .with_context(|| format!("cannot start reactors on cores {}", config.cores))?;
     let handles: Vec<ReactorHandle> = reactors.handles().to_vec();
     let jobs = handles.len();
+    if config.connections < jobs {
+        bail!(
+            "--connections {} is fewer than the {jobs} reactors (each needs one)",
+            config.connections
+        );
+    }
     let gate = Arc::new(StartGate::default());
     let (tx, rx) = crossbeam::channel::unbounded::<JobResult>();
     let mut progress = Vec::with_capacity(jobs);
 
     for h in &handles {
+        let connections = connections_of(h.index(), jobs, config.connections);
+        let (start, len) = job_region(workload, region_start, region_len, h.index(), jobs);
+        if len < workload.io_size {
+            bail!("the region is too small to give each of the {jobs} reactors one I/O");
+        }
         let plan = JobPlan {
             index: h.index(),
             jobs,
             workload: workload.clone(),
             block_size: info.block_size,
-            region_start: 0,
-            region_len: info.size_bytes(),
+            region_start: start,
+            region_len: len,
+            connections: connections.len(),
+            rate: workload.rate.map(|r| {
+                let share = r / jobs as u64 + u64::from((h.index() as u64) < r % jobs as u64);
+                share.max(1)
+            }),
+        };
+        let queue_plan = QueuePlan {
+            reactor: h.index(),
+            connections,
+            queue_depth: workload.queue_depth,
         };
         let p = Arc::new(JobProgress::default());
         progress.push(p.clone());
@@ -100,7 +154,7 @@ pub fn run<T: Target>(
         let tx = tx.clone();
         let core = h.core();
         h.call(
-            move || setup_job(&plan, core, target, gate, p, tx),
+            move || setup_job(&plan, &queue_plan, core, target, gate, p, tx),
             CALL_TIMEOUT,
         )
         .map_err(|e| anyhow!("reactor on core {core}: {e}"))?
@@ -117,11 +171,19 @@ pub fn run<T: Target>(
 
     let mut results: Vec<Option<JobResult>> = (0..jobs).map(|_| None).collect();
     let mut end_loads: Vec<Option<ReactorLoad>> = vec![None; jobs];
+    // The reactors' load is counted from when every job measures (after any prefill and
+    // ramp); the engine looks at the phases at each sample and when the ramp should end.
     let mut measure_loads: Option<Vec<ReactorLoad>> = None;
-    let measure_at = started + workload.ramp;
-    if workload.ramp.is_zero() {
-        measure_loads = Some(handles.iter().map(|h| h.load()).collect());
-    }
+    let min_phase = |progress: &[Arc<JobProgress>]| {
+        progress
+            .iter()
+            .map(|p| p.phase())
+            .min_by_key(|p| *p as u8)
+            .unwrap_or(Phase::Done)
+    };
+    let mut measure_at = started + workload.ramp;
+    let mut live_prev = vec![0u64; BUCKETS];
+    let mut live_now = vec![0u64; BUCKETS];
     let mut prev_loads: Vec<ReactorLoad> = handles.iter().map(|h| h.load()).collect();
     let mut prev_done = 0u64;
     let mut prev_bytes = 0u64;
@@ -155,7 +217,11 @@ pub fn run<T: Target>(
         }
         let now = Instant::now();
         if measure_loads.is_none() && now >= measure_at {
-            measure_loads = Some(handles.iter().map(|h| h.load()).collect());
+            if min_phase(&progress) as u8 >= Phase::Measure as u8 {
+                measure_loads = Some(handles.iter().map(|h| h.load()).collect());
+            } else {
+                measure_at = now + Duration::from_millis(10);
+            }
         }
         if now >= next_sample {
             let done: u64 = progress
@@ -170,6 +236,16 @@ pub fn run<T: Target>(
                 .iter()
                 .map(|p| p.errors.load(Ordering::Relaxed))
                 .sum();
+            let mismatches: u64 = progress
+                .iter()
+                .map(|p| p.mismatches.load(Ordering::Relaxed))
+                .sum();
+            live_now.fill(0);
+            for p in &progress {
+                p.live.add_to(&mut live_now);
+            }
+            let p99_ns = quantile_between(&live_now, &live_prev, 0.99);
+            std::mem::swap(&mut live_now, &mut live_prev);
             let loads: Vec<ReactorLoad> = handles.iter().map(|h| h.load()).collect();
             let busy = loads
                 .iter()
@@ -178,11 +254,7 @@ pub fn run<T: Target>(
                 .sum::<f64>()
                 / jobs as f64;
             let dt = now.duration_since(prev_at).as_secs_f64().max(1e-9);
-            let phase = progress
-                .iter()
-                .map(|p| p.phase())
-                .min_by_key(|p| *p as u8)
-                .unwrap_or(Phase::Done);
+            let phase = min_phase(&progress);
             on_progress(&ProgressSample {
                 elapsed: now.duration_since(started),
                 phase,
@@ -190,6 +262,8 @@ pub fn run<T: Target>(
                 bytes_per_sec: bytes.saturating_sub(prev_bytes) as f64 / dt,
                 busy,
                 errors,
+                mismatches,
+                p99_ns,
             });
             if done + errors != last_progress.0 {
                 last_progress = (done + errors, now);
@@ -233,6 +307,7 @@ pub fn run<T: Target>(
 /// Runs on the reactor: buffers, queue and job, registered as a poller.
 fn setup_job<T: Target>(
     plan: &JobPlan,
+    queue_plan: &QueuePlan,
     core: usize,
     target: Arc<T>,
     gate: Arc<StartGate>,
@@ -241,19 +316,18 @@ fn setup_job<T: Target>(
 ) -> Result<()> {
     let w = &plan.workload;
     let local = gyre_reactor::local().context("not on a reactor thread")?;
-    let buffers = allocate_buffers(w, plan.index)?;
-    let queue = target.open_queue()?;
+    let buffers = allocate_buffers(w, plan.index, plan.slots())?;
+    let queue = target.open_queue(queue_plan)?;
     let job = Job::new(plan, core, queue, buffers, gate, progress, results)?;
     local.register_poller("gyre-perf-job", job);
     Ok(())
 }
 
-/// `qd` buffers of the I/O size, filled with pseudo-random bytes so that writes do not carry
-/// zeroes a device could optimise away. They come from the global pool when it has room for
-/// all of them (its regions are what the io_uring driver registers as fixed buffers), else
-/// from a pool of this job's own holding exactly `qd` buffers.
-pub fn allocate_buffers(w: &Workload, index: usize) -> Result<Vec<SgList>> {
-    let qd = w.queue_depth as usize;
+/// `qd` buffers of the I/O size (one per slot), filled with pseudo-random bytes so that
+/// writes do not carry zeroes a device could optimise away. They come from the global pool
+/// when it has room for all of them (its regions are what the io_uring driver registers as
+/// fixed buffers), else from a pool of this job's own holding exactly `qd` buffers.
+pub fn allocate_buffers(w: &Workload, index: usize, qd: usize) -> Result<Vec<SgList>> {
     let len = w.io_size as usize;
     let mut buffers = match gyre_reactor::global_pool() {
         Ok(pool) => take_buffers(pool, qd, len, true).unwrap_or_default(),

@@ -1,10 +1,16 @@
 //! A job: the poller that drives one reactor's queue to a target.
 //!
-//! Everything a job needs is made before the first I/O: `qd` slots each owning its buffer, the
-//! offset generator, the latency histograms, a list for completed slots. Per I/O it reads the
-//! tick counter twice, draws a number or two, records a histogram value and moves the buffer
-//! between its slot and the queue — no allocation, lock or syscall. Progress is published
-//! with relaxed stores (this job is the only writer) once per poll.
+//! Everything a job needs is made before the first I/O: `qd` slots per connection each owning
+//! its buffer, the offset generator, the latency histograms, a list of idle slots and, with
+//! `--verify`, the block table. Per I/O it reads the tick counter twice, draws a number or two,
+//! records a histogram value and moves the buffer between its slot and the queue — no
+//! allocation, lock or syscall (with `--verify` it also stamps or checks the blocks). Progress
+//! is published with relaxed stores (this job is the only writer) once per poll.
+//!
+//! Phases: wait for the start signal; with `--verify` and a read-only pattern, a prefill pass
+//! writes the job's whole region once (not measured); ramp; measure (until the time or the
+//! I/O count); drain; with `--verify` and writes, a read-back pass checks every block written
+//! (not measured); done.
 
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
@@ -14,8 +20,10 @@ use gyre_reactor::clock::{duration_to_ticks, ticks, ticks_per_sec};
 use gyre_reactor::{PollStatus, Poller, SgList};
 use hdrhistogram::Histogram;
 
+use crate::live::LiveHistogram;
 use crate::rng::{mix_seed, OffsetGen, WyRand};
 use crate::target::{Completed, IoSpec, TargetQueue};
+use crate::verify::{self, BlockTable, Mismatch};
 use crate::workload::{Limit, Workload};
 
 /// Highest latency the histograms resolve (larger values are clamped): one hour.
@@ -64,23 +72,29 @@ impl Default for TickConv {
 pub enum Phase {
     /// Set up, waiting for the start signal.
     Waiting = 0,
+    /// `--verify` of a read-only pattern: writing the region once (not measured).
+    Prefill = 1,
     /// Warming up: I/O is not counted.
-    Ramp = 1,
+    Ramp = 2,
     /// Measuring.
-    Measure = 2,
+    Measure = 3,
     /// No more submissions; waiting for in-flight I/O.
-    Drain = 3,
+    Drain = 4,
+    /// `--verify` with writes: reading the region back and checking it (not measured).
+    Readback = 5,
     /// Finished; results sent.
-    Done = 4,
+    Done = 6,
 }
 
 impl Phase {
     pub fn from_u8(v: u8) -> Phase {
         match v {
             0 => Phase::Waiting,
-            1 => Phase::Ramp,
-            2 => Phase::Measure,
-            3 => Phase::Drain,
+            1 => Phase::Prefill,
+            2 => Phase::Ramp,
+            3 => Phase::Measure,
+            4 => Phase::Drain,
+            5 => Phase::Readback,
             _ => Phase::Done,
         }
     }
@@ -88,9 +102,11 @@ impl Phase {
     pub fn name(self) -> &'static str {
         match self {
             Phase::Waiting => "wait",
+            Phase::Prefill => "fill",
             Phase::Ramp => "ramp",
             Phase::Measure => "run",
             Phase::Drain => "drain",
+            Phase::Readback => "check",
             Phase::Done => "done",
         }
     }
@@ -101,13 +117,17 @@ impl Phase {
 #[derive(Debug, Default)]
 #[repr(align(128))]
 pub struct JobProgress {
-    /// I/Os completed successfully, ramp included.
+    /// I/Os completed successfully, every phase included.
     pub completed: AtomicU64,
     /// Bytes of those.
     pub bytes: AtomicU64,
-    /// Failed I/Os, ramp included.
+    /// Failed I/Os, every phase included.
     pub errors: AtomicU64,
+    /// Blocks that failed their `--verify` check.
+    pub mismatches: AtomicU64,
     pub phase: AtomicU8,
+    /// Latencies of the ramp and the measurement, for the live p99.
+    pub live: LiveHistogram,
 }
 
 impl JobProgress {
@@ -131,9 +151,13 @@ pub struct JobResult {
     /// Measured I/Os that succeeded.
     pub reads: u64,
     pub writes: u64,
-    /// Failed I/Os, ramp included.
+    /// Failed I/Os, every phase included.
     pub errors: u64,
     pub first_error: Option<IoError>,
+    /// Blocks checked by `--verify`, and how many of them were wrong.
+    pub verified_blocks: u64,
+    pub mismatches: u64,
+    pub first_mismatch: Option<Mismatch>,
     /// Nanoseconds from the start of measurement to the last measured completion.
     pub elapsed_ns: u64,
     pub read_latency: Histogram<u64>,
@@ -156,6 +180,17 @@ pub struct JobPlan {
     /// Region of the target to use, in bytes.
     pub region_start: u64,
     pub region_len: u64,
+    /// Connections of this job's queue (`queue_depth` slots each).
+    pub connections: usize,
+    /// This job's share of `--rate`, in IOPS.
+    pub rate: Option<u64>,
+}
+
+impl JobPlan {
+    /// Slots (I/Os in flight at most) of this job.
+    pub fn slots(&self) -> usize {
+        self.workload.queue_depth as usize * self.connections.max(1)
+    }
 }
 
 struct Slot {
@@ -163,6 +198,14 @@ struct Slot {
     submitted_at: u64,
     op: IoOp,
     measured: bool,
+    lba: u64,
+    /// The last completion of this slot failed.
+    failed: bool,
+}
+
+/// A read-only pattern with `--verify` writes the region first; one with writes reads it back.
+fn verify_passes(w: &Workload) -> (bool, bool) {
+    (w.verify && !w.writes(), w.verify && w.writes())
 }
 
 /// The per-core load generator, registered as an active poller on its reactor.
@@ -171,13 +214,14 @@ pub struct Job<Q: TargetQueue> {
     index: usize,
     core: usize,
     slots: Box<[Slot]>,
-    /// Slots completed in this poll and waiting to be resubmitted (capacity qd: never grows).
-    ready: Vec<u32>,
+    /// Slots at home, not in flight (capacity = slots: never grows).
+    idle: Vec<u32>,
     in_flight: u32,
     offsets: OffsetGen,
     mix: WyRand,
     read_pct: u8,
     block_shift: u32,
+    block_size: usize,
     blocks_per_io: u64,
     io_size: u64,
     phase: Phase,
@@ -192,14 +236,32 @@ pub struct Job<Q: TargetQueue> {
     reads: u64,
     writes: u64,
     completed_all: u64,
+    bytes_all: u64,
     errors: u64,
     first_error: Option<IoError>,
+    /// Region in blocks, and the cursor of the prefill / read-back passes.
+    region_lba: u64,
+    region_ios: u64,
+    pass_next: u64,
+    prefill: bool,
+    readback: bool,
+    table: Option<BlockTable>,
+    seed: u64,
+    verified_blocks: u64,
+    mismatches: u64,
+    first_mismatch: Option<Mismatch>,
+    /// Ticks between I/Os under `--rate` (0: no cap) and the tick the next may start.
+    rate_ticks: u64,
+    next_allowed: u64,
     conv: TickConv,
     read_latency: Histogram<u64>,
     write_latency: Histogram<u64>,
     progress: Arc<JobProgress>,
     results: crossbeam::channel::Sender<JobResult>,
 }
+
+/// Offsets drawn per I/O before giving up on finding blocks not in flight (`--verify`).
+const CLAIM_TRIES: u32 = 8;
 
 impl<Q: TargetQueue> Job<Q> {
     /// Builds a job around `queue` with `buffers` (one per slot, each at least `io_size`).
@@ -220,21 +282,28 @@ impl<Q: TargetQueue> Job<Q> {
             w.io_size
         );
         anyhow::ensure!(
-            buffers.len() == w.queue_depth as usize,
-            "{} buffers for queue depth {}",
+            buffers.len() == plan.slots(),
+            "{} buffers for {} slots",
             buffers.len(),
-            w.queue_depth
+            plan.slots()
         );
         anyhow::ensure!(
             buffers.iter().all(|b| b.len() as u64 >= w.io_size),
             "a buffer is smaller than the I/O size"
         );
+        anyhow::ensure!(
+            plan.region_start.is_multiple_of(bs),
+            "the region does not start on a block"
+        );
         let seed = mix_seed(w.seed, plan.index as u64);
         // Sequential jobs start spread over the region so that they do not read the same
-        // blocks in lockstep.
+        // blocks in lockstep (with --verify each job has a region of its own).
         let slots_in_region = plan.region_len / w.io_size;
-        let first_slot =
-            (slots_in_region as u128 * plan.index as u128 / plan.jobs.max(1) as u128) as u64;
+        let first_slot = if w.verify {
+            0
+        } else {
+            (slots_in_region as u128 * plan.index as u128 / plan.jobs.max(1) as u128) as u64
+        };
         let offsets = OffsetGen::new(
             w.rw.is_random(),
             plan.region_start,
@@ -243,6 +312,24 @@ impl<Q: TargetQueue> Job<Q> {
             first_slot,
             seed,
         )?;
+        let region_lba = plan.region_start / bs;
+        let table = if w.verify {
+            anyhow::ensure!(
+                bs as usize >= verify::MIN_BLOCK_SIZE,
+                "--verify needs blocks of at least {} bytes",
+                verify::MIN_BLOCK_SIZE
+            );
+            anyhow::ensure!(
+                buffers
+                    .iter()
+                    .all(|b| b.num_segments() == 1 && b.len() as u64 >= w.io_size),
+                "--verify needs single-segment buffers"
+            );
+            let blocks = offsets.slots() * (w.io_size / bs);
+            Some(BlockTable::new(region_lba, blocks).map_err(anyhow::Error::msg)?)
+        } else {
+            None
+        };
         let slots: Box<[Slot]> = buffers
             .into_iter()
             .map(|buf| Slot {
@@ -250,23 +337,33 @@ impl<Q: TargetQueue> Job<Q> {
                 submitted_at: 0,
                 op: IoOp::Read,
                 measured: false,
+                lba: 0,
+                failed: false,
             })
             .collect();
         let run_ticks = match w.limit {
             Limit::Time(d) => Some(duration_to_ticks(d)),
             Limit::Ios(_) => None,
         };
+        let rate_ticks = match plan.rate {
+            Some(r) if r > 0 => (ticks_per_sec() / r).max(1),
+            _ => 0,
+        };
+        let (prefill, readback) = verify_passes(w);
+        let n = slots.len();
         Ok(Job {
             queue,
             index: plan.index,
             core,
-            ready: Vec::with_capacity(slots.len()),
+            idle: (0..n as u32).rev().collect(),
             slots,
             in_flight: 0,
+            region_ios: offsets.slots(),
             offsets,
             mix: WyRand::new(mix_seed(seed, u64::MAX)),
             read_pct: w.read_pct,
             block_shift: bs.trailing_zeros(),
+            block_size: bs as usize,
             blocks_per_io: w.io_size / bs,
             io_size: w.io_size,
             phase: Phase::Waiting,
@@ -281,8 +378,20 @@ impl<Q: TargetQueue> Job<Q> {
             reads: 0,
             writes: 0,
             completed_all: 0,
+            bytes_all: 0,
             errors: 0,
             first_error: None,
+            region_lba,
+            pass_next: 0,
+            prefill,
+            readback,
+            table,
+            seed: w.seed,
+            verified_blocks: 0,
+            mismatches: 0,
+            first_mismatch: None,
+            rate_ticks,
+            next_allowed: 0,
             conv: TickConv::new(),
             read_latency: new_histogram(),
             write_latency: new_histogram(),
@@ -296,54 +405,29 @@ impl<Q: TargetQueue> Job<Q> {
         self.progress.phase.store(p as u8, Ordering::Relaxed);
     }
 
-    /// Whether a slot may be (re)submitted now, and whether that I/O is measured.
-    #[inline]
-    fn admit(&mut self) -> Option<bool> {
-        match self.phase {
-            Phase::Ramp => Some(false),
-            Phase::Measure => match self.quota {
-                Some(q) if self.measured_submitted >= q => None,
-                _ => {
-                    self.measured_submitted += 1;
-                    Some(true)
-                }
-            },
-            _ => None,
-        }
-    }
-
-    #[inline]
-    fn submit(&mut self, tag: u32, measured: bool) {
-        let op = if self.read_pct == 100 || (self.read_pct != 0 && self.mix.percent(self.read_pct))
-        {
-            IoOp::Read
+    /// Starts the ramp (or the measurement) now.
+    fn begin_workload(&mut self, now: u64) {
+        self.measure_start = now.saturating_add(self.ramp_ticks);
+        self.end_tick = match self.run_ticks {
+            Some(t) => self.measure_start.saturating_add(t),
+            None => u64::MAX,
+        };
+        self.next_allowed = now;
+        self.set_phase(if self.ramp_ticks > 0 {
+            Phase::Ramp
         } else {
-            IoOp::Write
-        };
-        let offset = self.offsets.next_offset();
-        let slot = &mut self.slots[tag as usize];
-        let Some(buf) = slot.buf.take() else {
-            // A slot is only ready when its buffer is home; nothing to do otherwise.
-            return;
-        };
-        slot.op = op;
-        slot.measured = measured;
-        slot.submitted_at = ticks();
-        self.in_flight += 1;
-        self.queue.submit(
-            IoSpec {
-                op,
-                offset_blocks: offset >> self.block_shift,
-                num_blocks: self.blocks_per_io,
-                tag: tag as u64,
-            },
-            buf,
-        );
+            Phase::Measure
+        });
+        self.advance(now);
     }
 
-    /// Moves the phase on by the clock and the quota.
+    /// Moves the phase on by the clock, the quota and the passes.
     #[inline]
     fn advance(&mut self, now: u64) {
+        if self.phase == Phase::Prefill && self.pass_next >= self.region_ios && self.in_flight == 0
+        {
+            self.begin_workload(now);
+        }
         if self.phase == Phase::Ramp && now >= self.measure_start {
             self.set_phase(Phase::Measure);
         }
@@ -354,26 +438,184 @@ impl<Q: TargetQueue> Job<Q> {
                 self.set_phase(Phase::Drain);
             }
         }
+        if self.phase == Phase::Drain && self.in_flight == 0 && self.readback {
+            self.pass_next = 0;
+            self.set_phase(Phase::Readback);
+        }
     }
 
-    fn start(&mut self, start_tick: u64) {
-        self.measure_start = start_tick.saturating_add(self.ramp_ticks);
-        self.end_tick = match self.run_ticks {
-            Some(t) => self.measure_start.saturating_add(t),
-            None => u64::MAX,
+    /// Chooses the next I/O of the current phase and submits it in slot `tag`. Returns false
+    /// (the slot stays idle) when the phase, the quota, the rate or busy blocks hold it back.
+    #[inline]
+    fn try_submit(&mut self, tag: u32, now: u64) -> bool {
+        let (op, offset, measured) = match self.phase {
+            Phase::Prefill | Phase::Readback => {
+                if self.pass_next >= self.region_ios {
+                    return false;
+                }
+                let offset = (self.region_lba << self.block_shift) + self.pass_next * self.io_size;
+                let lba = offset >> self.block_shift;
+                if let Some(t) = self.table.as_mut() {
+                    if !t.try_claim(lba, self.blocks_per_io) {
+                        return false;
+                    }
+                }
+                self.pass_next += 1;
+                let op = if self.phase == Phase::Prefill {
+                    IoOp::Write
+                } else {
+                    IoOp::Read
+                };
+                (op, offset, false)
+            }
+            Phase::Ramp | Phase::Measure => {
+                let measured = self.phase == Phase::Measure;
+                if measured && self.quota.is_some_and(|q| self.measured_submitted >= q) {
+                    return false;
+                }
+                if self.rate_ticks != 0 {
+                    if now < self.next_allowed {
+                        return false;
+                    }
+                    // No bursts to catch up after a stall: at most one I/O of credit.
+                    self.next_allowed = self.next_allowed.max(now.saturating_sub(self.rate_ticks))
+                        + self.rate_ticks;
+                }
+                let op = if self.read_pct == 100
+                    || (self.read_pct != 0 && self.mix.percent(self.read_pct))
+                {
+                    IoOp::Read
+                } else {
+                    IoOp::Write
+                };
+                let mut offset = self.offsets.next_offset();
+                if let Some(t) = self.table.as_mut() {
+                    let mut tries = 1;
+                    while !t.try_claim(offset >> self.block_shift, self.blocks_per_io) {
+                        if tries == CLAIM_TRIES {
+                            return false;
+                        }
+                        tries += 1;
+                        offset = self.offsets.next_offset();
+                    }
+                }
+                if measured {
+                    self.measured_submitted += 1;
+                }
+                (op, offset, measured)
+            }
+            _ => return false,
         };
-        self.set_phase(if self.ramp_ticks > 0 {
-            Phase::Ramp
-        } else {
-            Phase::Measure
-        });
-        self.advance(ticks());
-        for tag in 0..self.slots.len() as u32 {
-            match self.admit() {
-                Some(measured) => self.submit(tag, measured),
-                None => break,
+        let lba = offset >> self.block_shift;
+        let Some(slot) = self.slots.get_mut(tag as usize) else {
+            return false;
+        };
+        let Some(mut buf) = slot.buf.take() else {
+            // A slot is only idle when its buffer is home; nothing to do otherwise.
+            return false;
+        };
+        if op == IoOp::Write {
+            if let (Some(t), Some(seg)) = (self.table.as_ref(), buf.segments_mut().first_mut()) {
+                let data = seg.as_mut_slice();
+                for (i, block) in data
+                    .chunks_exact_mut(self.block_size)
+                    .take(self.blocks_per_io as usize)
+                    .enumerate()
+                {
+                    let b = lba + i as u64;
+                    verify::fill_block(
+                        block,
+                        b,
+                        verify::next_generation(t.generation(b)),
+                        self.seed,
+                    );
+                }
             }
         }
+        slot.op = op;
+        slot.measured = measured;
+        slot.lba = lba;
+        slot.submitted_at = ticks();
+        self.in_flight += 1;
+        self.queue.submit(
+            IoSpec {
+                op,
+                offset_blocks: lba,
+                num_blocks: self.blocks_per_io,
+                tag: tag as u64,
+            },
+            buf,
+        );
+        true
+    }
+
+    /// Submits from the idle slots as long as the phase allows.
+    #[inline]
+    fn fill_queue(&mut self) {
+        let now = ticks();
+        while let Some(&tag) = self.idle.last() {
+            if !self.try_submit(tag, now) {
+                break;
+            }
+            self.idle.pop();
+        }
+    }
+
+    /// Updates the block table for a finished I/O, checking read data.
+    fn verify_completion(&mut self, tag: u32) {
+        let Some(table) = self.table.as_mut() else {
+            return;
+        };
+        let Some(slot) = self.slots.get(tag as usize) else {
+            return;
+        };
+        let (lba, n) = (slot.lba, self.blocks_per_io);
+        table.release(lba, n);
+        match (slot.op, !slot.failed) {
+            (IoOp::Write, true) => {
+                for b in lba..lba + n {
+                    table.set_generation(b, verify::next_generation(table.generation(b)));
+                }
+            }
+            (IoOp::Write, false) => {
+                for b in lba..lba + n {
+                    table.set_generation(b, verify::UNCERTAIN);
+                }
+            }
+            (IoOp::Read, true) => {
+                let Some(seg) = slot.buf.as_ref().and_then(|b| b.segments().first()) else {
+                    return;
+                };
+                for (i, block) in seg
+                    .as_slice()
+                    .chunks_exact(self.block_size)
+                    .take(n as usize)
+                    .enumerate()
+                {
+                    let b = lba + i as u64;
+                    let g = table.generation(b);
+                    if g == verify::NEVER_WRITTEN || g == verify::UNCERTAIN {
+                        continue;
+                    }
+                    self.verified_blocks += 1;
+                    if let Err(m) = verify::check_block(block, b, g, self.seed) {
+                        self.mismatches += 1;
+                        self.first_mismatch.get_or_insert(m);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn start(&mut self) {
+        let now = ticks();
+        if self.prefill {
+            self.set_phase(Phase::Prefill);
+        } else {
+            self.begin_workload(now);
+        }
+        self.fill_queue();
         self.advance(ticks());
     }
 
@@ -386,6 +628,7 @@ impl<Q: TargetQueue> Job<Q> {
         } else {
             0
         };
+        self.queue.close();
         let result = JobResult {
             index: self.index,
             core: self.core,
@@ -393,6 +636,9 @@ impl<Q: TargetQueue> Job<Q> {
             writes: self.writes,
             errors: self.errors,
             first_error: self.first_error,
+            verified_blocks: self.verified_blocks,
+            mismatches: self.mismatches,
+            first_mismatch: self.first_mismatch,
             elapsed_ns,
             read_latency: std::mem::replace(
                 &mut self.read_latency,
@@ -411,11 +657,9 @@ impl<Q: TargetQueue> Job<Q> {
     fn publish(&self) {
         let p = &self.progress;
         p.completed.store(self.completed_all, Ordering::Relaxed);
-        p.bytes.store(
-            self.completed_all.wrapping_mul(self.io_size),
-            Ordering::Relaxed,
-        );
+        p.bytes.store(self.bytes_all, Ordering::Relaxed);
         p.errors.store(self.errors, Ordering::Relaxed);
+        p.mismatches.store(self.mismatches, Ordering::Relaxed);
     }
 }
 
@@ -427,7 +671,7 @@ impl<Q: TargetQueue> Poller for Job<Q> {
                 if start == 0 {
                     return PollStatus::Idle;
                 }
-                self.start(start);
+                self.start();
                 return PollStatus::Busy;
             }
             Phase::Done => return PollStatus::Done,
@@ -435,16 +679,24 @@ impl<Q: TargetQueue> Poller for Job<Q> {
         }
 
         let conv = self.conv;
+        let io_size = self.io_size;
+        let verify = self.table.is_some();
         let slots = &mut self.slots;
-        let ready = &mut self.ready;
+        let idle = &mut self.idle;
         let read_latency = &mut self.read_latency;
         let write_latency = &mut self.write_latency;
+        let live = &self.progress.live;
+        let timed = matches!(self.phase, Phase::Ramp | Phase::Measure | Phase::Drain);
         let mut reads = 0u64;
         let mut writes = 0u64;
         let mut ok = 0u64;
         let mut errors = 0u64;
         let mut first_error = None;
         let mut last = 0u64;
+        let mut in_flight = self.in_flight;
+        // With --verify, the tags of finished I/Os are checked after the queue's poll (the
+        // check needs the table, which the closure cannot borrow alongside the slots).
+        let first_done = idle.len();
         let n = self.queue.poll(|c: Completed| {
             let t = ticks();
             let Some(slot) = slots.get_mut(c.tag as usize) else {
@@ -452,13 +704,23 @@ impl<Q: TargetQueue> Poller for Job<Q> {
                 errors += 1;
                 return;
             };
+            if slot.buf.is_some() {
+                // Completed twice: a broken target.
+                errors += 1;
+                return;
+            }
             slot.buf = Some(c.buf);
-            ready.push(c.tag as u32);
+            slot.failed = c.status.is_err();
+            in_flight = in_flight.saturating_sub(1);
+            idle.push(c.tag as u32);
             match c.status {
                 Ok(()) => {
                     ok += 1;
+                    let ns = conv.to_ns(t.saturating_sub(slot.submitted_at));
+                    if timed {
+                        live.record(ns);
+                    }
                     if slot.measured {
-                        let ns = conv.to_ns(t.saturating_sub(slot.submitted_at));
                         if slot.op == IoOp::Read {
                             read_latency.saturating_record(ns);
                             reads += 1;
@@ -475,10 +737,17 @@ impl<Q: TargetQueue> Poller for Job<Q> {
                 }
             }
         });
-        self.in_flight = self.in_flight.saturating_sub(self.ready.len() as u32);
+        self.in_flight = in_flight;
+        if verify {
+            for i in first_done..self.idle.len() {
+                let tag = self.idle[i];
+                self.verify_completion(tag);
+            }
+        }
         self.reads += reads;
         self.writes += writes;
         self.completed_all += ok;
+        self.bytes_all = self.bytes_all.wrapping_add(ok.wrapping_mul(io_size));
         self.errors += errors;
         if self.first_error.is_none() {
             self.first_error = first_error;
@@ -488,28 +757,24 @@ impl<Q: TargetQueue> Poller for Job<Q> {
         }
 
         self.advance(ticks());
-        // Resubmit what came back, as long as the phase allows; the rest stays idle.
-        let mut i = 0;
-        while i < self.ready.len() {
-            let tag = self.ready[i];
-            match self.admit() {
-                Some(measured) => self.submit(tag, measured),
-                None => break,
-            }
-            i += 1;
-        }
-        self.ready.clear();
+        self.fill_queue();
+        self.advance(ticks());
         if n > 0 {
-            self.advance(ticks());
             self.publish();
         }
 
-        if self.phase == Phase::Drain && self.in_flight == 0 {
+        let finished = match self.phase {
+            Phase::Drain => self.in_flight == 0,
+            Phase::Readback => self.in_flight == 0 && self.pass_next >= self.region_ios,
+            _ => false,
+        };
+        if finished {
             self.publish();
             self.finish();
             return PollStatus::Done;
         }
-        if n > 0 {
+        let held_by_rate = self.rate_ticks != 0 && !self.idle.is_empty();
+        if n > 0 || held_by_rate || (self.in_flight == 0 && !self.idle.is_empty()) {
             PollStatus::Busy
         } else {
             PollStatus::Idle
@@ -581,6 +846,8 @@ mod tests {
             block_size: 512,
             region_start: 0,
             region_len: 1 << 20,
+            connections: 1,
+            rate: None,
         };
         let pool = BufferPool::new(&PoolConfig {
             classes: vec![ClassConfig {

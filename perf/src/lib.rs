@@ -8,8 +8,10 @@
 pub mod cli;
 pub mod engine;
 pub mod job;
+pub mod live;
 pub mod report;
 pub mod rng;
 pub mod target;
 pub mod units;
+pub mod verify;
 pub mod workload;

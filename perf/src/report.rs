@@ -1,4 +1,29 @@
 //! Results: figures per job and in total, as a human table or one JSON object.
+//!
+//! The JSON object (`--json`) is [`Report`] serialised; its schema is stable (fields are only
+//! ever added):
+//!
+//! ```text
+//! { "tool": "gyre-perf", "version": "0.1.0",
+//!   "target": { "kind": "bdev|iscsi|nvmf", "spec", "name", "module", "block_size",
+//!               "num_blocks", "writable", "direct": bool|null },
+//!   "workload": { "rw", "read_pct", "bs", "qd", "connections", "time_s": f|null,
+//!                 "ios": n|null, "ramp_s", "offset", "size", "rate": n|null, "verify",
+//!                 "seed", "cores": [..], "idle" },
+//!   "ios", "reads", "writes", "bytes", "errors", "elapsed_s", "iops", "mib_s",
+//!   "read_iops", "write_iops", "busy",
+//!   "latency_us" | "read_latency_us" | "write_latency_us":
+//!       { "min", "mean", "stdev", "p50", "p90", "p99", "p99_9", "p99_99", "max" },
+//!   "first_error": string|null,
+//!   "verify": { "blocks_checked", "mismatches", "first_mismatch": null |
+//!               { "lba", "offset", "expected", "found", "expected_generation",
+//!                 "found_header_valid", "found_lba", "found_generation", "message" } } | null,
+//!   "wall_s",
+//!   "per_core": [ { "reactor", "core", ...the same figures as the totals... } ] }
+//! ```
+//!
+//! Latencies are in microseconds, rates per second, `busy` a fraction of the reactors'
+//! time in [0, 1]; `errors` counts failed I/Os of every phase.
 
 use std::fmt::Write as _;
 
@@ -9,6 +34,7 @@ use crate::engine::{limit_parts, EngineConfig, ProgressSample, RunOutcome};
 use crate::job::{new_histogram, JobResult};
 use crate::target::TargetInfo;
 use crate::units::format_size;
+use crate::verify::Mismatch;
 use crate::workload::Workload;
 
 const MIB: f64 = 1024.0 * 1024.0;
@@ -134,9 +160,14 @@ pub struct WorkloadReport {
     pub read_pct: u8,
     pub bs: u64,
     pub qd: u32,
+    pub connections: usize,
     pub time_s: Option<f64>,
     pub ios: Option<u64>,
     pub ramp_s: f64,
+    pub offset: u64,
+    pub size: Option<u64>,
+    pub rate: Option<u64>,
+    pub verify: bool,
     pub seed: u64,
     pub cores: Vec<usize>,
     pub idle: String,
@@ -153,12 +184,60 @@ pub struct Report {
     #[serde(flatten)]
     pub total: Stats,
     pub first_error: Option<String>,
+    /// `--verify` results (`null` without it).
+    pub verify: Option<VerifyReport>,
     /// Seconds from the start signal to the end of the drain (ramp included).
     pub wall_s: f64,
     pub per_core: Vec<CoreReport>,
 }
 
+/// The first block that failed its check.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct MismatchReport {
+    pub lba: u64,
+    /// Offset of the first wrong byte in the block.
+    pub offset: usize,
+    pub expected: u8,
+    pub found: u8,
+    pub expected_generation: u32,
+    /// Whether the block found starts with gyre-perf's magic (then the next two say what it
+    /// claims to be).
+    pub found_header_valid: bool,
+    pub found_lba: u64,
+    pub found_generation: u64,
+    pub message: String,
+}
+
+impl From<&Mismatch> for MismatchReport {
+    fn from(m: &Mismatch) -> Self {
+        MismatchReport {
+            lba: m.lba,
+            offset: m.offset,
+            expected: m.expected,
+            found: m.found,
+            expected_generation: m.expected_generation,
+            found_header_valid: m.found_header.magic_ok,
+            found_lba: m.found_header.lba,
+            found_generation: m.found_header.generation,
+            message: m.to_string(),
+        }
+    }
+}
+
+/// What `--verify` found.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VerifyReport {
+    pub blocks_checked: u64,
+    pub mismatches: u64,
+    pub first_mismatch: Option<MismatchReport>,
+}
+
 impl Report {
+    /// Whether the run should exit non-zero: any failed I/O or verify mismatch.
+    pub fn failed(&self) -> bool {
+        self.total.errors > 0 || self.verify.as_ref().is_some_and(|v| v.mismatches > 0)
+    }
+
     pub fn new(
         target: &TargetInfo,
         workload: &Workload,
@@ -202,6 +281,15 @@ impl Report {
         };
         let total = Stats::new(counts, elapsed, io_size, &read_all, &write_all, busy);
         let (time_s, ios) = limit_parts(workload);
+        let verify = workload.verify.then(|| {
+            // The first mismatch of the lowest-numbered job that saw one.
+            let first = outcome.jobs.iter().find_map(|j| j.first_mismatch.as_ref());
+            VerifyReport {
+                blocks_checked: outcome.jobs.iter().map(|j| j.verified_blocks).sum(),
+                mismatches: outcome.jobs.iter().map(|j| j.mismatches).sum(),
+                first_mismatch: first.map(MismatchReport::from),
+            }
+        });
         Report {
             tool: "gyre-perf",
             version: env!("CARGO_PKG_VERSION"),
@@ -211,9 +299,14 @@ impl Report {
                 read_pct: workload.read_pct,
                 bs: io_size,
                 qd: workload.queue_depth,
+                connections: engine.connections,
                 time_s,
                 ios,
                 ramp_s: workload.ramp.as_secs_f64(),
+                offset: workload.region_offset,
+                size: workload.region_size,
+                rate: workload.rate,
+                verify: workload.verify,
                 seed: workload.seed,
                 cores: engine.cores.cores().to_vec(),
                 idle: engine.idle.to_string(),
@@ -224,6 +317,7 @@ impl Report {
                 .iter()
                 .find_map(|j| j.first_error)
                 .map(|e| e.to_string()),
+            verify,
             wall_s: outcome.wall.as_secs_f64(),
             per_core,
         }
@@ -293,6 +387,16 @@ impl Report {
         if let Some(e) = &self.first_error {
             let _ = writeln!(s, "first error: {e}");
         }
+        if let Some(v) = &self.verify {
+            let _ = writeln!(
+                s,
+                "verify: {} blocks checked, {} mismatches",
+                v.blocks_checked, v.mismatches
+            );
+            if let Some(m) = &v.first_mismatch {
+                let _ = writeln!(s, "first mismatch: {}", m.message);
+            }
+        }
         s
     }
 
@@ -328,18 +432,25 @@ fn job_stats(j: &JobResult, io_size: u64, busy: f64) -> Stats {
     )
 }
 
-/// One progress line: `[   3.0s] run    IOPS   1234567  MiB/s  4822.53  busy 100.0%`.
+/// One progress line: `[   3.0s] run   IOPS    1234567  MiB/s    4822.53  p99    25.3µs  busy 100.0%`.
 pub fn progress_line(p: &ProgressSample) -> String {
     let mut s = format!(
-        "[{:>7.1}s] {:<5} IOPS {:>10.0}  MiB/s {:>10.2}  busy {:>5.1}%",
+        "[{:>7.1}s] {:<5} IOPS {:>10.0}  MiB/s {:>10.2}  p99 {:>9}  busy {:>5.1}%",
         p.elapsed.as_secs_f64(),
         p.phase.name(),
         p.iops,
         p.bytes_per_sec / MIB,
+        match p.p99_ns {
+            Some(ns) => format!("{:.1}µs", ns as f64 / 1000.0),
+            None => "-".to_string(),
+        },
         p.busy * 100.0
     );
     if p.errors > 0 {
         let _ = write!(s, "  errors {}", p.errors);
+    }
+    if p.mismatches > 0 {
+        let _ = write!(s, "  MISMATCHES {}", p.mismatches);
     }
     s
 }

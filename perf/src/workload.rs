@@ -70,6 +70,14 @@ pub struct Workload {
     /// Warm-up before measuring: I/O submitted in it is not counted.
     pub ramp: Duration,
     pub seed: u64,
+    /// Start of the region to use, in bytes (`--offset`).
+    pub region_offset: u64,
+    /// Length of the region (`--size`); `None`: to the end of the target.
+    pub region_size: Option<u64>,
+    /// IOPS cap over all jobs (`--rate`).
+    pub rate: Option<u64>,
+    /// Write blocks that identify themselves and check every read (`--verify`).
+    pub verify: bool,
 }
 
 /// Largest queue depth per job: far beyond any device's useful depth, small enough that
@@ -121,7 +129,46 @@ impl Workload {
             limit,
             ramp,
             seed: seed.unwrap_or(DEFAULT_SEED),
+            region_offset: 0,
+            region_size: None,
+            rate: None,
+            verify: false,
         })
+    }
+
+    /// The region `[start, start + len)` of a target of `target_size` bytes this workload
+    /// uses, checked to be whole blocks of `block_size` and to hold at least one I/O.
+    pub fn region(&self, target_size: u64, block_size: u32) -> Result<(u64, u64)> {
+        let bs = u64::from(block_size.max(1));
+        let start = self.region_offset;
+        if !start.is_multiple_of(bs) {
+            bail!("--offset {start} is not a multiple of the block size {bs}");
+        }
+        if start >= target_size {
+            bail!(
+                "--offset {} is beyond the end of the target ({})",
+                format_size(start),
+                format_size(target_size)
+            );
+        }
+        let len = match self.region_size {
+            Some(n) if n > target_size - start => bail!(
+                "--offset {} + --size {} is beyond the end of the target ({})",
+                format_size(start),
+                format_size(n),
+                format_size(target_size)
+            ),
+            Some(n) => n,
+            None => target_size - start,
+        };
+        if len < self.io_size {
+            bail!(
+                "the region of {} cannot hold one I/O of {}",
+                format_size(len),
+                format_size(self.io_size)
+            );
+        }
+        Ok((start, len))
     }
 
     pub fn writes(&self) -> bool {
@@ -154,6 +201,7 @@ impl Workload {
                 format_size(t.size_bytes())
             );
         }
+        self.region(t.size_bytes(), t.block_size)?;
         if self.writes() && !t.writable {
             bail!("the workload writes but {} is read-only", t.name);
         }
@@ -189,6 +237,12 @@ impl Workload {
         }
         if !self.ramp.is_zero() {
             s += &format!(" (+{:.3?} ramp)", self.ramp);
+        }
+        if let Some(r) = self.rate {
+            s += &format!(", at most {r} IOPS");
+        }
+        if self.verify {
+            s += ", verify";
         }
         s
     }
@@ -277,5 +331,24 @@ mod tests {
         let mut big = w.clone();
         big.io_size = 2 << 20;
         assert!(big.check_against(&t).is_err());
+    }
+
+    #[test]
+    fn regions() {
+        let mut w = wl(RwMode::Randread, None).unwrap();
+        assert_eq!(w.region(1 << 20, 512).unwrap(), (0, 1 << 20));
+        w.region_offset = 8192;
+        assert_eq!(w.region(1 << 20, 512).unwrap(), (8192, (1 << 20) - 8192));
+        w.region_size = Some(16384);
+        assert_eq!(w.region(1 << 20, 512).unwrap(), (8192, 16384));
+        w.region_size = Some(1 << 20);
+        assert!(w.region(1 << 20, 512).is_err(), "past the end");
+        w.region_size = Some(2048);
+        assert!(w.region(1 << 20, 512).is_err(), "smaller than one I/O");
+        w.region_size = None;
+        w.region_offset = 100;
+        assert!(w.region(1 << 20, 512).is_err(), "unaligned");
+        w.region_offset = 1 << 20;
+        assert!(w.region(1 << 20, 512).is_err(), "at the end");
     }
 }

@@ -9,7 +9,7 @@ use gyre_bdev::testing::{allocations_on_this_thread, CountingAlloc};
 use gyre_perf::engine::allocate_buffers;
 use gyre_perf::job::{Job, JobPlan, JobProgress, Phase, StartGate};
 use gyre_perf::target::bdev::{BdevOptions, BdevSpec, BdevTarget};
-use gyre_perf::target::Target;
+use gyre_perf::target::{QueuePlan, Target};
 use gyre_perf::workload::{Limit, RwMode, Workload};
 use gyre_reactor::{PollStatus, Poller};
 
@@ -49,12 +49,20 @@ fn measure(spec: &str, rw: RwMode, qd: u32, warmup: u64, measured: u64) -> (u64,
         block_size: target.info().block_size,
         region_start: 0,
         region_len: target.info().size_bytes(),
+        connections: 1,
+        rate: None,
     };
     let gate = Arc::new(StartGate::default());
     let progress = Arc::new(JobProgress::default());
     let (tx, _rx) = crossbeam::channel::unbounded();
-    let buffers = allocate_buffers(&w, 0).unwrap();
-    let queue = target.open_queue().unwrap();
+    let buffers = allocate_buffers(&w, 0, plan.slots()).unwrap();
+    let queue = target
+        .open_queue(&QueuePlan {
+            reactor: 0,
+            connections: 0..1,
+            queue_depth: qd,
+        })
+        .unwrap();
     let mut job = Job::new(&plan, 0, queue, buffers, gate.clone(), progress.clone(), tx).unwrap();
     gate.start_tick
         .store(gyre_reactor::clock::ticks().max(1), Ordering::Release);

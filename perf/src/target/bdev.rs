@@ -1,13 +1,19 @@
-//! The in-process target: a bdev created from `--bdev TYPE:ARGS`, opened once, with one
-//! [`BdevChannel`] per reactor.
+//! The in-process target: a bdev created from `--bdev TYPE:ARGS` (or the URL `bdev:TYPE:ARGS`),
+//! opened once, with one [`BdevChannel`] per reactor.
+//!
+//! `inject:corrupt=LBA:TYPE:ARGS` is a test aid: the bdev `TYPE:ARGS` under a fault injector
+//! that flips the first byte of block `LBA` in every read covering it, so that `--verify` can
+//! be shown to catch corruption.
 
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
-use gyre_bdev::{Bdev, BdevChannel, BdevDesc, BdevRegistry, IoRequest, MallocBdev, NullBdev};
+use gyre_bdev::{
+    Bdev, BdevChannel, BdevDesc, BdevRegistry, InjectBdev, IoRequest, MallocBdev, NullBdev,
+};
 use gyre_reactor::SgList;
 
-use super::{Completed, IoSpec, Target, TargetInfo, TargetQueue};
+use super::{Completed, IoSpec, QueuePlan, Target, TargetInfo, TargetOptions, TargetQueue};
 use crate::units::parse_nonzero_size;
 
 /// Block size of RAM and null bdevs unless `--block-size` says otherwise.
@@ -25,6 +31,12 @@ pub enum BdevSpec {
         path: String,
         block_size: Option<u32>,
     },
+    /// `inject:corrupt=LBA:TYPE:ARGS`: reads of block `LBA` come back with its first byte
+    /// flipped (a test aid for `--verify`).
+    Inject {
+        corrupt_lba: u64,
+        base: Box<BdevSpec>,
+    },
 }
 
 impl BdevSpec {
@@ -35,6 +47,25 @@ impl BdevSpec {
             )
         })?;
         match kind {
+            "inject" => {
+                let (fault, base) = rest.split_once(':').with_context(|| {
+                    format!("invalid --bdev '{s}': expected inject:corrupt=LBA:TYPE:ARGS")
+                })?;
+                let lba = fault
+                    .strip_prefix("corrupt=")
+                    .and_then(|n| n.parse::<u64>().ok())
+                    .with_context(|| {
+                        format!("invalid --bdev '{s}': expected inject:corrupt=LBA:TYPE:ARGS")
+                    })?;
+                let base = BdevSpec::parse(base)?;
+                if matches!(base, BdevSpec::Inject { .. }) {
+                    bail!("invalid --bdev '{s}': inject bdevs do not stack");
+                }
+                Ok(BdevSpec::Inject {
+                    corrupt_lba: lba,
+                    base: Box::new(base),
+                })
+            }
             "malloc" | "null" => {
                 let size = parse_nonzero_size(rest)
                     .map_err(anyhow::Error::msg)
@@ -69,7 +100,7 @@ impl BdevSpec {
                 })
             }
             other => bail!(
-                "invalid --bdev '{s}': unknown bdev type '{other}' (use malloc, null or uring)"
+                "invalid --bdev '{s}': unknown bdev type '{other}' (use malloc, null, uring or inject)"
             ),
         }
     }
@@ -79,6 +110,7 @@ impl BdevSpec {
             BdevSpec::Malloc { .. } => "malloc",
             BdevSpec::Null { .. } => "null",
             BdevSpec::Uring { .. } => "uring",
+            BdevSpec::Inject { .. } => "inject",
         }
     }
 }
@@ -110,43 +142,47 @@ pub struct BdevTarget {
 }
 
 impl BdevTarget {
+    /// The target of a `bdev:` URL (`rest` is what follows `bdev:`).
+    pub fn from_spec_text(rest: &str, opts: &TargetOptions) -> Result<Self> {
+        let spec = BdevSpec::parse(rest)?;
+        Self::create(
+            rest,
+            &spec,
+            &BdevOptions {
+                block_size: opts.block_size,
+                buffered: opts.buffered,
+                writable: opts.writable,
+            },
+        )
+    }
+
     /// Creates the bdev described by `spec`, registers it and opens it once.
     pub fn create(spec_text: &str, spec: &BdevSpec, opts: &BdevOptions) -> Result<Self> {
-        let name = format!("{}0", spec.module());
-        let mut direct = None;
-        let bdev: Arc<dyn Bdev> = match spec {
-            BdevSpec::Malloc { size } => {
-                let bs = opts.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
-                MallocBdev::create(&name, *size, bs)
-                    .with_context(|| format!("cannot create malloc bdev of {size} bytes"))?
+        let registry = BdevRegistry::new();
+        let (name, direct) = match spec {
+            BdevSpec::Inject { corrupt_lba, base } => {
+                let base_name = format!("{}0", base.module());
+                let (bdev, direct) = create_bdev(spec_text, &base_name, base, opts)?;
+                registry
+                    .register(bdev)
+                    .context("cannot register the bdev")?;
+                let inject = InjectBdev::create(&registry, "inject0", &base_name)
+                    .context("cannot create the inject bdev")?;
+                inject.faults().corrupt_reads_of(Some(*corrupt_lba));
+                registry
+                    .register(inject)
+                    .context("cannot register the inject bdev")?;
+                ("inject0".to_string(), direct)
             }
-            BdevSpec::Null { size } => {
-                let bs = opts.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
-                NullBdev::create(&name, *size, bs)
-                    .with_context(|| format!("cannot create null bdev of {size} bytes"))?
-            }
-            BdevSpec::Uring { path, block_size } => {
-                let bs = match (block_size, opts.block_size) {
-                    (Some(a), Some(b)) if *a != b => {
-                        bail!("--bdev {spec_text} says block size {a} but --block-size says {b}")
-                    }
-                    (a, b) => a.or(b),
-                };
-                let (bdev, is_direct) = open_uring(&name, path, bs, !opts.buffered)?;
-                if !opts.buffered && !is_direct {
-                    tracing::warn!(
-                        path = %path,
-                        "the filesystem refused O_DIRECT: I/O goes through the page cache"
-                    );
-                }
-                direct = Some(is_direct);
-                bdev
+            _ => {
+                let name = format!("{}0", spec.module());
+                let (bdev, direct) = create_bdev(spec_text, &name, spec, opts)?;
+                registry
+                    .register(bdev)
+                    .context("cannot register the bdev")?;
+                (name, direct)
             }
         };
-        let registry = BdevRegistry::new();
-        registry
-            .register(bdev)
-            .context("cannot register the bdev")?;
         let desc = registry
             .open(&name, opts.writable, "gyre-perf", None)
             .with_context(|| format!("cannot open bdev {name}"))?;
@@ -167,6 +203,46 @@ impl BdevTarget {
             _registry: registry,
         })
     }
+}
+
+/// Creates (without registering) the bdev `name` of a non-inject `spec`; returns it and, for
+/// files, whether it got O_DIRECT.
+fn create_bdev(
+    spec_text: &str,
+    name: &str,
+    spec: &BdevSpec,
+    opts: &BdevOptions,
+) -> Result<(Arc<dyn Bdev>, Option<bool>)> {
+    let bdev: Arc<dyn Bdev> = match spec {
+        BdevSpec::Malloc { size } => {
+            let bs = opts.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+            MallocBdev::create(name, *size, bs)
+                .with_context(|| format!("cannot create malloc bdev of {size} bytes"))?
+        }
+        BdevSpec::Null { size } => {
+            let bs = opts.block_size.unwrap_or(DEFAULT_BLOCK_SIZE);
+            NullBdev::create(name, *size, bs)
+                .with_context(|| format!("cannot create null bdev of {size} bytes"))?
+        }
+        BdevSpec::Uring { path, block_size } => {
+            let bs = match (block_size, opts.block_size) {
+                (Some(a), Some(b)) if *a != b => {
+                    bail!("--bdev {spec_text} says block size {a} but --block-size says {b}")
+                }
+                (a, b) => a.or(b),
+            };
+            let (bdev, is_direct) = open_uring(name, path, bs, !opts.buffered)?;
+            if !opts.buffered && !is_direct {
+                tracing::warn!(
+                    path = %path,
+                    "the filesystem refused O_DIRECT: I/O goes through the page cache"
+                );
+            }
+            return Ok((bdev, Some(is_direct)));
+        }
+        BdevSpec::Inject { .. } => bail!("invalid --bdev '{spec_text}': inject bdevs do not stack"),
+    };
+    Ok((bdev, None))
 }
 
 /// Opens a file or block device through the io_uring driver; returns the bdev and whether
@@ -191,7 +267,8 @@ impl Target for BdevTarget {
         &self.info
     }
 
-    fn open_queue(&self) -> Result<BdevQueue> {
+    fn open_queue(&self, _plan: &QueuePlan) -> Result<BdevQueue> {
+        // One channel per reactor carries every "connection" of the plan.
         let ch = self
             .desc
             .channel()
@@ -264,6 +341,13 @@ mod tests {
                 block_size: None
             }
         );
+        assert_eq!(
+            BdevSpec::parse("inject:corrupt=5:malloc:1M").unwrap(),
+            BdevSpec::Inject {
+                corrupt_lba: 5,
+                base: Box::new(BdevSpec::Malloc { size: 1 << 20 })
+            }
+        );
         for bad in [
             "malloc",
             "malloc:",
@@ -274,6 +358,9 @@ mod tests {
             "uring::4096",
             "uring:/x:1000",
             "nvme:/x",
+            "inject:corrupt=x:malloc:1M",
+            "inject:malloc:1M",
+            "inject:corrupt=1:inject:corrupt=2:malloc:1M",
             "",
         ] {
             assert!(BdevSpec::parse(bad).is_err(), "'{bad}' should be rejected");
