@@ -9,7 +9,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use gyre_bdev::{BdevRegistry, MallocBdev};
-use gyre_nvme::{Cc, Command, Completion, ConnectCommand, ConnectData, Nqn, SglDescriptor, Status};
+use gyre_nvme::{
+    Cc, Command, Completion, ConnectCommand, ConnectData, Fuse, Nqn, SglDescriptor, Status,
+};
 use gyre_nvmf::{ListenAddress, NamespaceConfig, NvmfTarget, SubsystemConfig, TransportOptions};
 use gyre_reactor::{CoreList, IdlePolicy, ReactorConfig, Reactors};
 
@@ -654,4 +656,269 @@ fn garbage_gets_a_termination_request_while_other_io_goes_on() {
     exercise_io(&mut good);
     s.target.shutdown(TIMEOUT);
     let _ = Arc::new(());
+}
+
+impl Host {
+    /// Sends a fused Compare (first) and Write (second) back to back and collects both
+    /// completions, answering R2Ts from the data of the command they name.
+    fn fused(
+        &mut self,
+        mut compare: Command,
+        compare_data: &[u8],
+        mut write: Command,
+        write_data: &[u8],
+    ) -> (Completion, Completion) {
+        compare.cid = self.next_cid();
+        compare.fuse = Fuse::First;
+        write.cid = self.next_cid();
+        write.fuse = Fuse::Second;
+        let in_capsule = |c: &Command, d: &[u8]| -> Vec<u8> {
+            if c.dptr.kind() == gyre_nvme::SglKind::DataBlockOffset {
+                d.to_vec()
+            } else {
+                Vec::new()
+            }
+        };
+        self.send_capsule(&compare, &in_capsule(&compare, compare_data));
+        self.send_capsule(&write, &in_capsule(&write, write_data));
+        let (mut first, mut second) = (None, None);
+        while first.is_none() || second.is_none() {
+            let p = self.read_pdu();
+            match p.ty {
+                0x05 => {
+                    let c = Completion::decode(p.hdr[8..24].try_into().unwrap());
+                    if c.cid == compare.cid {
+                        first = Some(c);
+                    } else {
+                        assert_eq!(c.cid, write.cid, "completion of an unknown command");
+                        second = Some(c);
+                    }
+                }
+                0x09 => {
+                    let cccid = u16::from_le_bytes([p.hdr[8], p.hdr[9]]);
+                    let ttag = u16::from_le_bytes([p.hdr[10], p.hdr[11]]);
+                    let r2to = u32::from_le_bytes(p.hdr[12..16].try_into().unwrap()) as usize;
+                    let r2tl = u32::from_le_bytes(p.hdr[16..20].try_into().unwrap()) as usize;
+                    let data = if cccid == compare.cid {
+                        compare_data
+                    } else {
+                        write_data
+                    };
+                    self.send_h2c_data(cccid, ttag, r2to as u32, &data[r2to..r2to + r2tl], true);
+                }
+                t => panic!("unexpected PDU type {t:#x} in a fused exchange"),
+            }
+        }
+        (first.unwrap(), second.unwrap())
+    }
+}
+
+fn read_blocks(io: &mut Host, slba: u64, blocks: u32) -> Vec<u8> {
+    let (c, data) = io.run(rw(0x02, slba, blocks, blocks * 4096, false), &[], &[]);
+    assert!(c.status.is_success(), "read: {:?}", c.status);
+    data
+}
+
+#[test]
+fn fused_compare_and_write_is_atomic_and_fails_cleanly() {
+    let s = setup(true);
+    let (mut admin, cntlid) = Host::admin(s.addr, NQN, false, 0);
+    let (c, id) = admin.identify(1, 0);
+    assert!(c.status.is_success());
+    let fuses = u16::from_le_bytes([id[522], id[523]]);
+    assert_eq!(fuses & 1, 1, "FUSES advertises Compare and Write");
+
+    let mut io = io_queue(s.addr, cntlid, 1, false);
+    let (a, b, c_data) = (pattern(1, 4096), pattern(2, 4096), pattern(3, 4096));
+    assert!(io
+        .run(rw(0x01, 20, 1, 4096, true), &a, &[])
+        .0
+        .status
+        .is_success());
+
+    // Matching compare: the write happens.
+    let (c1, c2) = io.fused(
+        rw(0x05, 20, 1, 4096, true),
+        &a,
+        rw(0x01, 20, 1, 4096, true),
+        &b,
+    );
+    assert!(
+        c1.status.is_success() && c2.status.is_success(),
+        "{c1:?} {c2:?}"
+    );
+    assert!(read_blocks(&mut io, 20, 1) == b, "the fused write landed");
+
+    // Miscompare: the write is aborted and nothing changes.
+    let (c1, c2) = io.fused(
+        rw(0x05, 20, 1, 4096, true),
+        &a,
+        rw(0x01, 20, 1, 4096, true),
+        &c_data,
+    );
+    assert!(
+        c1.status.same_code(Status::COMPARE_FAILURE),
+        "{:?}",
+        c1.status
+    );
+    assert!(
+        c2.status.same_code(Status::ABORTED_FAILED_FUSED),
+        "{:?}",
+        c2.status
+    );
+    assert!(
+        read_blocks(&mut io, 20, 1) == b,
+        "a failed compare leaves the data"
+    );
+
+    // Larger pair with the write's data by R2T.
+    let big_old = pattern(4, 16384);
+    let big_new = pattern(5, 16384);
+    assert!(io
+        .run(rw(0x01, 40, 4, 16384, false), &[], &big_old)
+        .0
+        .status
+        .is_success());
+    let (c1, c2) = io.fused(
+        rw(0x05, 40, 4, 16384, false),
+        &big_old,
+        rw(0x01, 40, 4, 16384, false),
+        &big_new,
+    );
+    assert!(
+        c1.status.is_success() && c2.status.is_success(),
+        "{c1:?} {c2:?}"
+    );
+    assert!(read_blocks(&mut io, 40, 4) == big_new);
+
+    // Different ranges in the two halves.
+    let (c1, c2) = io.fused(
+        rw(0x05, 20, 1, 4096, true),
+        &b,
+        rw(0x01, 21, 1, 4096, true),
+        &a,
+    );
+    assert!(
+        c1.status.same_code(Status::INVALID_FIELD),
+        "{:?}",
+        c1.status
+    );
+    assert!(
+        c2.status.same_code(Status::ABORTED_FAILED_FUSED),
+        "{:?}",
+        c2.status
+    );
+
+    // A first half followed by an ordinary command: aborted as missing its partner, and the
+    // ordinary command runs.
+    let mut first = rw(0x05, 20, 1, 4096, true);
+    first.cid = 900;
+    first.fuse = Fuse::First;
+    io.send_capsule(&first, &b);
+    let mut read = rw(0x02, 20, 1, 4096, false);
+    read.cid = 901;
+    io.send_capsule(&read, &[]);
+    let (mut orphan, mut read_done, mut data) = (None, None, Vec::new());
+    while orphan.is_none() || read_done.is_none() {
+        let p = io.read_pdu();
+        match p.ty {
+            0x07 => {
+                data.extend_from_slice(&p.data);
+                if p.flags & 0x08 != 0 {
+                    read_done = Some(Status::SUCCESS);
+                }
+            }
+            0x05 => {
+                let c = Completion::decode(p.hdr[8..24].try_into().unwrap());
+                match c.cid {
+                    900 => orphan = Some(c.status),
+                    901 => read_done = Some(c.status),
+                    other => panic!("completion for unknown CID {other}"),
+                }
+            }
+            t => panic!("unexpected PDU type {t:#x}"),
+        }
+    }
+    let orphan = orphan.unwrap();
+    assert!(
+        orphan.same_code(Status::ABORTED_MISSING_FUSED),
+        "{orphan:?}"
+    );
+    assert!(
+        read_done.unwrap().is_success() && data == b,
+        "the ordinary command ran"
+    );
+
+    // A second half alone.
+    let mut second = rw(0x01, 20, 1, 4096, true);
+    second.fuse = Fuse::Second;
+    let (c, _) = io.run(second, &a, &[]);
+    assert!(
+        c.status.same_code(Status::ABORTED_MISSING_FUSED),
+        "{:?}",
+        c.status
+    );
+    assert!(read_blocks(&mut io, 20, 1) == b);
+
+    // Atomicity: two queues increment a counter block with compare-and-write while a third
+    // keeps overwriting the block next to it; every successful increment counts once.
+    let counter_lba = 60u64;
+    let block = |v: u64| -> Vec<u8> {
+        let mut d = vec![0u8; 4096];
+        d[..8].copy_from_slice(&v.to_le_bytes());
+        d[8..].fill((v % 251) as u8);
+        d
+    };
+    assert!(io
+        .run(rw(0x01, counter_lba, 1, 4096, true), &block(0), &[])
+        .0
+        .status
+        .is_success());
+    let addr = s.addr;
+    let workers: Vec<_> = (0..2u16)
+        .map(|i| {
+            std::thread::spawn(move || {
+                let mut q = io_queue(addr, cntlid, 2 + i, false);
+                let mut won = 0u64;
+                for _ in 0..150 {
+                    let cur = read_blocks(&mut q, counter_lba, 1);
+                    let v = u64::from_le_bytes(cur[..8].try_into().unwrap());
+                    assert!(cur == block(v), "torn counter block at {v}");
+                    let (c1, c2) = q.fused(
+                        rw(0x05, counter_lba, 1, 4096, true),
+                        &cur,
+                        rw(0x01, counter_lba, 1, 4096, true),
+                        &block(v + 1),
+                    );
+                    if c1.status.is_success() {
+                        assert!(c2.status.is_success(), "{:?}", c2.status);
+                        won += 1;
+                    } else {
+                        assert!(c1.status.same_code(Status::COMPARE_FAILURE));
+                    }
+                }
+                won
+            })
+        })
+        .collect();
+    for i in 0..300u64 {
+        let d = block(i);
+        assert!(io
+            .run(rw(0x01, counter_lba + 1, 1, 4096, true), &d, &[])
+            .0
+            .status
+            .is_success());
+    }
+    let won: u64 = workers.into_iter().map(|w| w.join().unwrap()).sum();
+    let end = read_blocks(&mut io, counter_lba, 1);
+    assert_eq!(
+        u64::from_le_bytes(end[..8].try_into().unwrap()),
+        won,
+        "every successful compare-and-write incremented once"
+    );
+    assert!(
+        won >= 150,
+        "at least one queue's worth of increments won: {won}"
+    );
+    s.target.shutdown(TIMEOUT);
 }

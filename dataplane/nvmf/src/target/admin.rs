@@ -240,6 +240,9 @@ pub fn property(ctrl: &Controller, target: &TargetShared, cmd: &Command) -> (Sta
     }
 }
 
+/// FUSES bit 0: fused Compare and Write is supported.
+const FUSES_COMPARE_AND_WRITE: u16 = 1;
+
 fn cap(target: &TargetShared) -> Cap {
     Cap::build(
         target.options.max_queue_depth - 1,
@@ -505,6 +508,10 @@ fn identify_controller(ctrl: &Controller, target: &TargetShared) -> IdentifyCont
             c.ctratt = ctrl::CTRATT_HOST_ID_128;
             c.nn = sub.max_namespaces;
             c.mnan = sub.max_namespaces;
+            // Fused Compare-and-Write, atomic over any transfer we accept (the bdev's range
+            // lock holds the whole range). ACWU: 0-based blocks, for the largest block size.
+            c.fuses = FUSES_COMPARE_AND_WRITE;
+            c.acwu = u16::try_from((opts.max_io_size / 4096).max(1) - 1).unwrap_or(u16::MAX);
             c.oncs = ctrl::ONCS_COMPARE
                 | ctrl::ONCS_DSM
                 | ctrl::ONCS_WRITE_ZEROES

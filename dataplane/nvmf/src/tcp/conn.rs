@@ -14,7 +14,9 @@ use std::io::IoSliceMut;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use gyre_bdev::{BdevChannel, IoCompletion, IoError, IoFlags, IoOp, IoRequest};
+use gyre_bdev::{
+    BdevChannel, IoCompletion, IoError, IoFlags, IoOp, IoRequest, RangeGuard, WriteGate,
+};
 use gyre_net::{FlushOutcome, Interest, PollGroup, Readiness, Recv, SendQueue, TcpConnection};
 use gyre_nvme::{Command, Completion, Fuse, SglKind, Status};
 use gyre_reactor::{PoolCache, SgList};
@@ -112,6 +114,11 @@ enum SlotState {
     AwaitData,
     /// Waiting for pool buffers.
     AwaitBuffer,
+    /// Waiting for a range held by an atomic command (a write), or for the range lock and
+    /// the writes it must outlast (the Compare of a fused pair).
+    AwaitRange,
+    /// A fused command whose data is in, waiting for its partner's.
+    AwaitPartner,
     /// Bdev requests in flight.
     Executing,
     /// Parked Asynchronous Event Request.
@@ -145,8 +152,15 @@ struct Slot {
     outstanding: u16,
     /// Host data goes to the controller (write-like) rather than from it.
     host_to_ctrl: bool,
-    /// For fused pairs: the other slot.
+    /// [`CID_CONFLICT`] when the command reused a CID in flight, else [`NO_SLOT`].
     partner: u16,
+    /// Fused operations: this command's role, its partner's slot and a status it must end
+    /// with once its data is in (the partner failed or never came).
+    fuse: Fuse,
+    fuse_partner: u16,
+    fuse_abort: Option<Status>,
+    /// The range a fused Compare-and-Write holds (on its first command's slot).
+    range: Option<(RangeGuard, Arc<Namespace>)>,
     tx: [u8; TX_LEN],
 }
 
@@ -163,6 +177,10 @@ impl Slot {
             outstanding: 0,
             host_to_ctrl: false,
             partner: NO_SLOT,
+            fuse: Fuse::Normal,
+            fuse_partner: NO_SLOT,
+            fuse_abort: None,
+            range: None,
             tx: [0; TX_LEN],
         }
     }
@@ -174,6 +192,8 @@ const NO_SLOT: u16 = u16::MAX;
 struct NsChannel {
     ns: Arc<Namespace>,
     chan: BdevChannel,
+    /// This channel's writes as the bdev's range lock counts them.
+    gate: Arc<WriteGate>,
     block_size: usize,
     /// ANA state through this connection's listener allows I/O.
     accessible: bool,
@@ -223,7 +243,16 @@ pub(crate) struct TargetConnection {
     aers: VecDeque<u16>,
     queue: Option<QueueBinding>,
     /// Channels of removed namespaces that still have I/O in flight.
-    retiring: Vec<BdevChannel>,
+    /// Channels of namespaces gone from the queue, kept until their I/O returns.
+    retiring: Vec<(BdevChannel, Arc<WriteGate>)>,
+    /// Bdev completions of one poll (capacity kept across polls).
+    completions: Vec<(u16, Status, Option<SgList>)>,
+    /// Slots waiting for a range lock (writes into a locked range, fused pairs).
+    waiting_range: VecDeque<u16>,
+    /// The first command of a fused pair, until the next command arrives.
+    fused_first: u16,
+    /// The first command of a fused pair failed before its second arrived.
+    fused_first_failed: bool,
     /// Recorded when the connection ends, for the log line.
     close_reason: Option<&'static str>,
     /// A Disconnect was answered: close once the answer is out.
@@ -278,6 +307,10 @@ impl TargetConnection {
             aers: VecDeque::with_capacity(8),
             queue: None,
             retiring: Vec::new(),
+            completions: Vec::with_capacity(depth * 2),
+            waiting_range: VecDeque::with_capacity(depth),
+            fused_first: NO_SLOT,
+            fused_first_failed: false,
             close_reason: None,
             close_after_flush: false,
             target,
@@ -688,6 +721,7 @@ impl TargetConnection {
         s.host_to_ctrl = false;
         s.partner = if conflict { CID_CONFLICT } else { NO_SLOT };
         self.advance_sq_head();
+        self.pair_fused(slot);
         if conflict {
             self.slots[usize::from(slot)].cqe.status = Status::COMMAND_ID_CONFLICT.with_dnr();
         }
@@ -975,7 +1009,7 @@ impl TargetConnection {
         }
         for ns in q.namespaces.drain(..).flatten() {
             if ns.chan.in_flight() > 0 {
-                self.retiring.push(ns.chan);
+                self.retiring.push((ns.chan, ns.gate));
             }
         }
     }
@@ -1102,8 +1136,7 @@ impl TargetConnection {
         }
         let cmd = self.slots[usize::from(slot)].cmd;
         if cmd.fuse != Fuse::Normal {
-            // Fused operations are not advertised (FUSES = 0).
-            self.finish(slot, Status::INVALID_FIELD.with_dnr());
+            self.fused_ready(slot);
             return;
         }
         let ns = match lookup(q, cmd.nsid) {
@@ -1116,6 +1149,13 @@ impl TargetConnection {
         let bs = ns.block_size;
         let s = &mut self.slots[usize::from(slot)];
         let tag = u64::from(slot);
+        let waiting_range = &mut self.waiting_range;
+        // A write into a range an atomic command holds waits for it (NVMe fused pairs and
+        // SCSI COMPARE AND WRITE on the same bdev).
+        let mut wait_for_range = |s: &mut Slot| {
+            s.state = SlotState::AwaitRange;
+            waiting_range.push_back(slot);
+        };
         let outcome: Result<(), Status> = (|| match cmd.opcode {
             OPC_READ | OPC_WRITE | OPC_COMPARE => {
                 let rw = gyre_nvme::RwCommand::from_command(&cmd);
@@ -1144,17 +1184,31 @@ impl TargetConnection {
                         IoOp::Read
                     }
                     OPC_WRITE => IoOp::Write,
+                    _ if ns.chan.info().supports(IoOp::Compare) => IoOp::Compare,
                     _ => {
-                        if !ns.chan.info().supports(IoOp::Compare) {
-                            return Err(Status::INVALID_OPCODE.with_dnr());
-                        }
-                        IoOp::Compare
+                        // Emulated: read into a buffer of its own, compare when it returns.
+                        let Some(read_buf) = self.pool.try_alloc(len) else {
+                            wait_for_range(s);
+                            return Ok(());
+                        };
+                        trim(&mut s.buf, len);
+                        s.aux = std::mem::replace(&mut s.buf, read_buf);
+                        s.data_len = len;
+                        IoOp::Read
                     }
                 };
                 if op != IoOp::Read {
                     // Only the blocks the command names go to the bdev.
                     s.data_len = len;
                     trim(&mut s.buf, len);
+                }
+                let mut tag = tag;
+                if op == IoOp::Write {
+                    if !admit_writes(ns, &[(rw.slba, u64::from(rw.nlb))]) {
+                        wait_for_range(s);
+                        return Ok(());
+                    }
+                    tag |= TAG_GATED;
                 }
                 let mut req = IoRequest::new(
                     op,
@@ -1184,8 +1238,16 @@ impl TargetConnection {
                 if !ns.chan.info().supports(IoOp::WriteZeroes) {
                     return Err(Status::INVALID_OPCODE.with_dnr());
                 }
-                let mut req =
-                    IoRequest::control(IoOp::WriteZeroes, wz.slba, u64::from(wz.nlb), tag);
+                if !admit_writes(ns, &[(wz.slba, u64::from(wz.nlb))]) {
+                    wait_for_range(s);
+                    return Ok(());
+                }
+                let mut req = IoRequest::control(
+                    IoOp::WriteZeroes,
+                    wz.slba,
+                    u64::from(wz.nlb),
+                    tag | TAG_GATED,
+                );
                 req.flags = IoFlags { fua: wz.fua };
                 s.outstanding = 1;
                 s.state = SlotState::Executing;
@@ -1198,7 +1260,7 @@ impl TargetConnection {
                 if s.data_len < nr * 16 {
                     return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
                 }
-                let mut ranges = [(0u64, 0u32); 256];
+                let mut ranges = [(0u64, 0u64); 256];
                 for (i, r) in ranges.iter_mut().enumerate().take(nr) {
                     let mut raw = [0u8; 16];
                     let mut at = 0;
@@ -1211,11 +1273,15 @@ impl TargetConnection {
                         raw[8], raw[9], raw[10], raw[11], raw[12], raw[13], raw[14], raw[15],
                     ]);
                     check_range(ns, slba, u64::from(nlb))?;
-                    *r = (slba, nlb);
+                    *r = (slba, u64::from(nlb));
                 }
                 if !deallocate || !ns.chan.info().supports(IoOp::Unmap) {
                     // Attributes are hints; deallocation is advisory without Unmap support.
                     return Err(Status::SUCCESS);
+                }
+                if !admit_writes(ns, &ranges[..nr]) {
+                    wait_for_range(s);
+                    return Ok(());
                 }
                 s.state = SlotState::Executing;
                 s.outstanding = 0;
@@ -1225,7 +1291,7 @@ impl TargetConnection {
                     }
                     s.outstanding += 1;
                     ns.chan
-                        .submit(IoRequest::control(IoOp::Unmap, slba, u64::from(nlb), tag));
+                        .submit(IoRequest::control(IoOp::Unmap, slba, nlb, tag | TAG_GATED));
                 }
                 if s.outstanding == 0 {
                     return Err(Status::SUCCESS);
@@ -1241,38 +1307,41 @@ impl TargetConnection {
 
     /// Polls the bdev channels of this queue; returns whether anything completed.
     fn poll_io(&mut self) -> bool {
-        let mut done: SmallVec<[(u16, Status, Option<SgList>); 32]> = SmallVec::new();
-        let mut any = false;
+        // A buffer kept across polls (its capacity covers every slot), taken out while the
+        // channels are borrowed.
+        let mut done = std::mem::take(&mut self.completions);
         if let Some(q) = self.queue.as_mut() {
             for ns in q.namespaces.iter_mut().flatten() {
                 if ns.chan.in_flight() == 0 {
                     continue;
                 }
+                let gate = &ns.gate;
                 ns.chan.poll(|c: IoCompletion| {
-                    let slot = c.req.tag as u16;
+                    if c.req.tag & TAG_GATED != 0 {
+                        gate.end();
+                    }
                     let status = match c.status {
                         Ok(()) => Status::SUCCESS,
                         Err(e) => io_status(c.req.op, e),
                     };
-                    let buf = if c.req.op.has_data() {
-                        Some(c.req.buf)
-                    } else {
-                        None
-                    };
-                    if done.len() < done.inline_size() {
-                        done.push((slot, status, buf));
-                    }
+                    let buf = c.req.op.has_data().then_some(c.req.buf);
+                    done.push((c.req.tag as u16, status, buf));
                 });
             }
         }
-        self.retiring.retain_mut(|chan| {
-            chan.poll(|_| {});
+        self.retiring.retain_mut(|(chan, gate)| {
+            chan.poll(|c| {
+                if c.req.tag & TAG_GATED != 0 {
+                    gate.end();
+                }
+            });
             chan.in_flight() > 0
         });
-        for (slot, status, buf) in done {
-            any = true;
+        let any = !done.is_empty();
+        for (slot, status, buf) in done.drain(..) {
             self.io_done(slot, status, buf);
         }
+        self.completions = done;
         any
     }
 
@@ -1290,11 +1359,267 @@ impl TargetConnection {
         if s.outstanding > 0 {
             return;
         }
+        if s.fuse != Fuse::Normal {
+            self.fused_step_done(slot);
+            return;
+        }
+        if s.cmd.opcode == OPC_COMPARE && !s.aux.is_empty() {
+            if s.cqe.status.is_success() && !sg_equal(&s.buf, &s.aux, s.data_len) {
+                s.cqe.status = Status::COMPARE_FAILURE.with_dnr();
+            }
+            s.aux = SgList::new();
+        }
         let status = s.cqe.status;
         if s.cmd.opcode != OPC_READ || !status.is_success() {
             s.data_len = 0;
         }
         self.finish(slot, status);
+    }
+
+    // --- fused Compare-and-Write ------------------------------------------------------------
+    //
+    // NVMe Base 2.x §3.4.2: a Compare marked "first" and the Write marked "second" that comes
+    // right after it on the same queue run as one atomic unit on the same LBA range; the
+    // Write happens only if the Compare matched. Atomicity against every other writer of the
+    // bdev comes from its range lock, held from before the Compare until the Write is done.
+
+    /// Pairs a new command with a first half waiting for its second, by arrival order.
+    fn pair_fused(&mut self, slot: u16) {
+        let fuse = self.slots[usize::from(slot)].cmd.fuse;
+        let first = std::mem::replace(&mut self.fused_first, NO_SLOT);
+        let first_failed = std::mem::take(&mut self.fused_first_failed);
+        let s = &mut self.slots[usize::from(slot)];
+        s.fuse = fuse;
+        s.fuse_partner = NO_SLOT;
+        s.fuse_abort = None;
+        if first != NO_SLOT && fuse == Fuse::Second {
+            self.slots[usize::from(first)].fuse_partner = slot;
+            self.slots[usize::from(slot)].fuse_partner = first;
+            return;
+        }
+        if first != NO_SLOT {
+            self.abort_fused(first, Status::ABORTED_MISSING_FUSED);
+        }
+        let s = &mut self.slots[usize::from(slot)];
+        match fuse {
+            Fuse::Normal => {}
+            Fuse::First => {
+                if self.queue.as_ref().is_some_and(|q| q.qid == 0) {
+                    // No fused admin commands exist.
+                    s.fuse_abort = Some(Status::INVALID_FIELD.with_dnr());
+                } else {
+                    self.fused_first = slot;
+                }
+            }
+            Fuse::Second => {
+                s.fuse_abort = Some(if first_failed {
+                    Status::ABORTED_FAILED_FUSED
+                } else {
+                    Status::ABORTED_MISSING_FUSED
+                });
+            }
+            Fuse::Reserved => s.fuse_abort = Some(Status::INVALID_FIELD.with_dnr()),
+        }
+    }
+
+    /// Ends a fused command with `status` now if it only waits for its partner, else as soon
+    /// as its data is in.
+    fn abort_fused(&mut self, slot: u16, status: Status) {
+        let s = &mut self.slots[usize::from(slot)];
+        s.fuse_partner = NO_SLOT;
+        if s.state == SlotState::AwaitPartner {
+            self.finish(slot, status);
+        } else {
+            s.fuse_abort.get_or_insert(status);
+        }
+    }
+
+    /// A fused command's data is in: wait for the partner's, then run the pair.
+    fn fused_ready(&mut self, slot: u16) {
+        let s = &mut self.slots[usize::from(slot)];
+        if let Some(status) = s.fuse_abort {
+            self.finish(slot, status);
+            return;
+        }
+        s.state = SlotState::AwaitPartner;
+        let partner = s.fuse_partner;
+        let first = if s.fuse == Fuse::First { slot } else { partner };
+        if partner != NO_SLOT && self.slots[usize::from(partner)].state == SlotState::AwaitPartner {
+            self.run_fused(first);
+        }
+    }
+
+    /// Takes the range lock and starts the Compare of the pair whose first half is `first`
+    /// (or leaves it waiting for the lock, the writes it must outlast, or a buffer).
+    fn run_fused(&mut self, first: u16) {
+        let second = self.slots[usize::from(first)].fuse_partner;
+        if second == NO_SLOT {
+            return;
+        }
+        let c1 = self.slots[usize::from(first)].cmd;
+        let c2 = self.slots[usize::from(second)].cmd;
+        let r1 = gyre_nvme::RwCommand::from_command(&c1);
+        let r2 = gyre_nvme::RwCommand::from_command(&c2);
+        let max_io = self.target.options.max_io_size as usize;
+        let slots = &mut self.slots;
+        let pool = &mut self.pool;
+        let step: Result<bool, Status> = (|| {
+            if c1.opcode != OPC_COMPARE
+                || c2.opcode != OPC_WRITE
+                || c1.nsid != c2.nsid
+                || r1.slba != r2.slba
+                || r1.nlb != r2.nlb
+            {
+                return Err(Status::INVALID_FIELD.with_dnr());
+            }
+            let q = self.queue.as_mut().ok_or(Status::COMMAND_SEQUENCE_ERROR)?;
+            if !q.ctrl.is_ready() {
+                return Err(Status::COMMAND_SEQUENCE_ERROR);
+            }
+            let ns = lookup(q, c1.nsid)?;
+            let blocks = u64::from(r1.nlb);
+            check_range(ns, r1.slba, blocks)?;
+            let len = r1.nlb as usize * ns.block_size;
+            if len > max_io {
+                return Err(Status::INVALID_FIELD.with_dnr());
+            }
+            if slots[usize::from(first)].data_len < len || slots[usize::from(second)].data_len < len
+            {
+                return Err(Status::DATA_SGL_LENGTH_INVALID.with_dnr());
+            }
+            let lock = ns.chan.info().range_lock();
+            let s1 = &mut slots[usize::from(first)];
+            if s1.range.is_none() {
+                match lock.try_acquire(r1.slba, blocks) {
+                    Some(guard) => s1.range = Some((guard, ns.ns.clone())),
+                    None => return Ok(false),
+                }
+            }
+            // Writes admitted before the lock was published must be done before we read.
+            if !s1.range.as_mut().is_some_and(|(g, _)| lock.drained(g)) {
+                return Ok(false);
+            }
+            trim(&mut s1.buf, len);
+            s1.data_len = len;
+            let op = if ns.chan.info().supports(IoOp::Compare) {
+                IoOp::Compare
+            } else {
+                let Some(read_buf) = pool.try_alloc(len) else {
+                    return Ok(false);
+                };
+                s1.aux = std::mem::replace(&mut s1.buf, read_buf);
+                IoOp::Read
+            };
+            let req = IoRequest::new(
+                op,
+                r1.slba,
+                blocks,
+                std::mem::take(&mut s1.buf),
+                u64::from(first),
+            );
+            s1.outstanding = 1;
+            s1.state = SlotState::Executing;
+            ns.chan.submit(req);
+            Ok(true)
+        })();
+        match step {
+            Ok(true) => {}
+            Ok(false) => {
+                self.slots[usize::from(first)].state = SlotState::AwaitRange;
+                self.waiting_range.push_back(first);
+            }
+            Err(status) => self.end_fused(first, second, status, Status::ABORTED_FAILED_FUSED),
+        }
+    }
+
+    /// A bdev step of a fused pair is done: after the Compare, the Write (if it matched);
+    /// after the Write, both completions.
+    fn fused_step_done(&mut self, slot: u16) {
+        let s = &mut self.slots[usize::from(slot)];
+        let partner = s.fuse_partner;
+        if s.fuse != Fuse::First {
+            let status = s.cqe.status;
+            self.end_fused(partner, slot, Status::SUCCESS, status);
+            return;
+        }
+        let (first, second) = (slot, partner);
+        let mut status = s.cqe.status;
+        if !s.aux.is_empty() {
+            if status.is_success() && !sg_equal(&s.buf, &s.aux, s.data_len) {
+                status = Status::COMPARE_FAILURE.with_dnr();
+            }
+            s.aux = SgList::new();
+        }
+        if !status.is_success() {
+            self.end_fused(first, second, status, Status::ABORTED_FAILED_FUSED);
+            return;
+        }
+        let cmd = self.slots[usize::from(second)].cmd;
+        let rw = gyre_nvme::RwCommand::from_command(&cmd);
+        let started = match self.queue.as_mut().map(|q| lookup(q, cmd.nsid)) {
+            Some(Ok(ns)) => {
+                let s2 = &mut self.slots[usize::from(second)];
+                let len = rw.nlb as usize * ns.block_size;
+                trim(&mut s2.buf, len);
+                s2.data_len = len;
+                // Under the range lock: this write is not gated by it.
+                let mut req = IoRequest::new(
+                    IoOp::Write,
+                    rw.slba,
+                    u64::from(rw.nlb),
+                    std::mem::take(&mut s2.buf),
+                    u64::from(second),
+                );
+                req.flags = IoFlags { fua: rw.fua };
+                s2.outstanding = 1;
+                s2.state = SlotState::Executing;
+                ns.chan.submit(req);
+                Ok(())
+            }
+            Some(Err(st)) => Err(st),
+            None => Err(Status::COMMAND_SEQUENCE_ERROR),
+        };
+        if let Err(st) = started {
+            self.end_fused(first, second, Status::ABORTED_FAILED_FUSED, st);
+        }
+    }
+
+    /// Releases the pair's range and completes both halves.
+    fn end_fused(&mut self, first: u16, second: u16, first_status: Status, second_status: Status) {
+        for slot in [first, second] {
+            if let Some(s) = self.slots.get_mut(usize::from(slot)) {
+                s.fuse_partner = NO_SLOT;
+                if let Some((guard, ns)) = s.range.take() {
+                    ns.desc.info().range_lock().release(guard);
+                }
+            }
+        }
+        if usize::from(first) < self.slots.len() {
+            self.finish(first, first_status);
+        }
+        if usize::from(second) < self.slots.len() {
+            self.finish(second, second_status);
+        }
+    }
+
+    /// Retries slots that waited for a range lock (or a buffer to compare into).
+    fn retry_ranges(&mut self) -> bool {
+        let before = self.waiting_range.len();
+        for _ in 0..before {
+            let Some(slot) = self.waiting_range.pop_front() else {
+                break;
+            };
+            let s = &self.slots[usize::from(slot)];
+            if s.state != SlotState::AwaitRange {
+                continue;
+            }
+            if s.fuse == Fuse::First {
+                self.run_fused(slot);
+            } else {
+                self.io(slot);
+            }
+        }
+        self.waiting_range.len() < before
     }
 
     // --- responses --------------------------------------------------------------------------
@@ -1304,6 +1629,18 @@ impl TargetConnection {
         let s = &mut self.slots[usize::from(slot)];
         if status != Status::SUCCESS || s.cqe.status.is_success() {
             s.cqe.status = status;
+        }
+        let failed = !s.cqe.status.is_success();
+        if s.fuse != Fuse::Normal && failed {
+            // A fused command that fails takes its partner with it.
+            let partner = std::mem::replace(&mut s.fuse_partner, NO_SLOT);
+            if partner != NO_SLOT {
+                self.slots[usize::from(partner)].fuse_partner = NO_SLOT;
+                self.abort_fused(partner, Status::ABORTED_FAILED_FUSED);
+            } else if self.fused_first == slot {
+                self.fused_first = NO_SLOT;
+                self.fused_first_failed = true;
+            }
         }
         self.respond(slot);
     }
@@ -1401,6 +1738,12 @@ impl TargetConnection {
         s.aux = SgList::new();
         s.data_len = 0;
         s.partner = NO_SLOT;
+        s.fuse = Fuse::Normal;
+        s.fuse_partner = NO_SLOT;
+        s.fuse_abort = None;
+        if let Some((guard, ns)) = s.range.take() {
+            ns.desc.info().range_lock().release(guard);
+        }
         if !conflicted {
             self.set_cid(cid, false);
         }
@@ -1426,6 +1769,7 @@ impl TargetConnection {
         busy |= self.poll_io();
         if self.phase == Phase::Ready {
             busy |= self.retry_buffers();
+            busy |= self.retry_ranges();
             busy |= self.deliver_events();
             if matches!(self.rx, Rx::AwaitBuffer { .. }) {
                 self.receive();
@@ -1468,7 +1812,7 @@ impl TargetConnection {
         }
         if self.phase == Phase::Draining {
             self.sendq.clear(|_| {});
-            let in_flight = self.retiring.iter().map(|c| c.in_flight()).sum::<usize>()
+            let in_flight = self.retiring.iter().map(|c| c.0.in_flight()).sum::<usize>()
                 + self.queue.as_ref().map_or(0, |q| {
                     q.namespaces
                         .iter()
@@ -1579,6 +1923,48 @@ const OPC_COMPARE: u8 = 0x05;
 const OPC_WRITE_ZEROES: u8 = 0x08;
 const OPC_DSM: u8 = 0x09;
 
+/// Whether the first `len` bytes of two buffers are equal.
+fn sg_equal(a: &SgList, b: &SgList, len: usize) -> bool {
+    let mut equal = a.len() >= len && b.len() >= len;
+    let mut at = 0;
+    if equal {
+        a.for_each_chunk(0, len, |ca| {
+            let mut off = 0;
+            b.for_each_chunk(at, ca.len(), |cb| {
+                equal &= ca[off..off + cb.len()] == *cb;
+                off += cb.len();
+            });
+            at += ca.len();
+        });
+    }
+    equal
+}
+
+/// Marks a bdev request whose completion ends a count in its channel's [`WriteGate`].
+const TAG_GATED: u64 = 1 << 32;
+
+/// Admits writes of `ranges` (LBA, blocks; empty ranges ignored) against the bdev's range
+/// lock: counts them in the channel's gate first, then looks for a held range (the order the
+/// lock relies on), and takes the counts back if one is blocked. Each admitted range's
+/// request must carry [`TAG_GATED`].
+fn admit_writes(ns: &NsChannel, ranges: &[(u64, u64)]) -> bool {
+    let n = ranges.iter().filter(|r| r.1 > 0).count();
+    for _ in 0..n {
+        ns.gate.begin();
+    }
+    let lock = ns.chan.info().range_lock();
+    if ranges
+        .iter()
+        .all(|&(lba, blocks)| blocks == 0 || lock.write_may_proceed(lba, blocks))
+    {
+        return true;
+    }
+    for _ in 0..n {
+        ns.gate.end();
+    }
+    false
+}
+
 fn lookup(q: &mut QueueBinding, nsid: u32) -> Result<&mut NsChannel, Status> {
     let idx = (nsid as usize).wrapping_sub(1);
     match q.namespaces.get_mut(idx) {
@@ -1634,7 +2020,7 @@ fn io_status(op: IoOp, e: IoError) -> Status {
 fn refresh_namespaces(
     q: &mut QueueBinding,
     listener: &ListenAddress,
-    retiring: &mut Vec<BdevChannel>,
+    retiring: &mut Vec<(BdevChannel, Arc<WriteGate>)>,
 ) {
     let sub = q.ctrl.subsystem.clone();
     q.ns_generation = sub.generation();
@@ -1661,13 +2047,14 @@ fn refresh_namespaces(
         if !keep {
             if let Some(old) = q.namespaces[idx].take() {
                 if old.chan.in_flight() > 0 {
-                    retiring.push(old.chan);
+                    retiring.push((old.chan, old.gate));
                 }
             }
             if let Some(w) = want {
                 match w.desc.channel() {
                     Ok(chan) => {
                         q.namespaces[idx] = Some(NsChannel {
+                            gate: w.desc.info().range_lock().new_gate(),
                             block_size: w.desc.info().block_size() as usize,
                             ns: w.clone(),
                             chan,
