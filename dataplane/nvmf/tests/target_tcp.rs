@@ -581,54 +581,146 @@ fn namespace_hot_add_raises_an_event_and_keep_alive_expiry_tears_down() {
     s.target.shutdown(TIMEOUT);
 }
 
+/// Reads the C2HTermReq the target must answer with, checks its FES, and then that the
+/// target closes the connection.
+fn expect_term_req(raw: &mut TcpStream, what: &str, fes: u16) {
+    raw.set_read_timeout(Some(TIMEOUT)).unwrap();
+    let mut ch = [0u8; 8];
+    raw.read_exact(&mut ch)
+        .unwrap_or_else(|e| panic!("{what}: no reply: {e}"));
+    assert_eq!(
+        ch[0], 0x03,
+        "{what}: C2HTermReq expected, got type {:#x}",
+        ch[0]
+    );
+    let plen = u32::from_le_bytes(ch[4..8].try_into().unwrap()) as usize;
+    assert!((24..=152).contains(&plen), "{what}: TermReq PLEN {plen}");
+    let mut rest = vec![0u8; plen - 8];
+    raw.read_exact(&mut rest).unwrap();
+    let got = u16::from_le_bytes([rest[0], rest[1]]);
+    assert_eq!(got, fes, "{what}: FES");
+    let mut tail = [0u8; 4096];
+    match raw.read(&mut tail) {
+        Ok(0) => {}
+        Ok(n) => panic!("{what}: {n} bytes after the TermReq"),
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {}
+        Err(e) => panic!("{what}: connection not closed: {e}"),
+    }
+}
+
+fn common_header(ty: u8, flags: u8, hlen: u8, pdo: u8, plen: u32) -> Vec<u8> {
+    let mut v = vec![0u8; usize::from(hlen)];
+    v[0] = ty;
+    v[1] = flags;
+    v[2] = hlen;
+    v[3] = pdo;
+    v[4..8].copy_from_slice(&plen.to_le_bytes());
+    v
+}
+
 #[test]
 fn garbage_gets_a_termination_request_while_other_io_goes_on() {
     let s = setup(true);
     let (_admin, cntlid) = Host::admin(s.addr, NQN, true, 0);
-    let mut good = io_queue(s.addr, cntlid, 1, true);
 
-    let bad_inputs: Vec<(&str, Vec<u8>)> = vec![
-        ("unknown PDU type", {
-            let mut v = vec![0u8; 128];
-            v[0] = 0x42;
-            v[2] = 24;
-            v[4] = 24;
-            v
-        }),
-        ("ICReq with a wrong HLEN", {
-            let mut v = vec![0u8; 128];
-            v[2] = 100;
-            v[4] = 128;
-            v
-        }),
-        ("capsule before ICReq", {
-            let mut v = vec![0u8; 72];
-            v[0] = 0x04;
-            v[2] = 72;
-            v[4] = 72;
-            v
-        }),
-    ];
-    for (what, bytes) in bad_inputs {
-        let mut raw = TcpStream::connect_timeout(&s.addr, TIMEOUT).unwrap();
-        raw.set_read_timeout(Some(TIMEOUT)).unwrap();
-        raw.write_all(&bytes).unwrap();
-        let mut ch = [0u8; 8];
-        raw.read_exact(&mut ch)
-            .unwrap_or_else(|e| panic!("{what}: no reply: {e}"));
-        assert_eq!(ch[0], 0x03, "{what}: C2HTermReq expected");
-        let mut rest = [0u8; 4096];
-        // Then the target closes.
-        let mut total = 0;
-        loop {
-            match raw.read(&mut rest) {
-                Ok(0) => break,
-                Ok(n) => total += n,
-                Err(e) => panic!("{what}: not closed: {e}"),
+    // Verified I/O on its own connection for the whole barrage, checked as it goes.
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let good = {
+        let (addr, stop) = (s.addr, stop.clone());
+        std::thread::spawn(move || {
+            let mut good = io_queue(addr, cntlid, 1, true);
+            let mut rounds = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || rounds < 3 {
+                exercise_io(&mut good);
+                rounds += 1;
             }
-            assert!(total < 4096);
-        }
-        exercise_io(&mut good);
+            rounds
+        })
+    };
+
+    // Before ICReq, on fresh connections.
+    let mut icreq_plen = common_header(0x00, 0, 128, 0, 200);
+    icreq_plen.resize(128, 0);
+    let raw_cases: Vec<(&str, Vec<u8>, u16)> = vec![
+        ("unknown PDU type", common_header(0x42, 0, 24, 0, 24), 1),
+        (
+            "ICReq with a wrong HLEN",
+            {
+                let mut v = common_header(0x00, 0, 100, 0, 128);
+                v.resize(128, 0);
+                v
+            },
+            1,
+        ),
+        ("ICReq with a wrong PLEN", icreq_plen, 1),
+        ("capsule before ICReq", common_header(0x04, 0, 72, 0, 72), 2),
+        (
+            "controller-to-host PDU from a host",
+            common_header(0x05, 0, 24, 0, 24),
+            1,
+        ),
+    ];
+    for (what, bytes, fes) in raw_cases {
+        let mut raw = TcpStream::connect_timeout(&s.addr, TIMEOUT).unwrap();
+        raw.write_all(&bytes).unwrap();
+        expect_term_req(&mut raw, what, fes);
+    }
+
+    // After ICReq (no digests), before or after Connect.
+    let after_icreq: Vec<(&str, Vec<u8>, u16)> = vec![
+        (
+            "second ICReq",
+            {
+                let mut v = common_header(0x00, 0, 128, 0, 128);
+                v.resize(128, 0);
+                v
+            },
+            2,
+        ),
+        (
+            "header digest flag not negotiated",
+            common_header(0x04, 1, 72, 0, 76),
+            1,
+        ),
+        (
+            "PLEN shorter than the header",
+            common_header(0x04, 0, 72, 0, 40),
+            1,
+        ),
+        (
+            "PDO inside the header",
+            common_header(0x04, 0, 72, 8, 72 + 4096),
+            1,
+        ),
+        (
+            "in-capsule data beyond the limit",
+            common_header(0x04, 0, 72, 72, 72 + (1 << 20)),
+            5,
+        ),
+        ("huge PLEN", common_header(0x04, 0, 72, 72, u32::MAX), 5),
+    ];
+    for (what, bytes, fes) in after_icreq {
+        let mut h = Host::connect(s.addr, false, false);
+        h.s.write_all(&bytes).unwrap();
+        expect_term_req(&mut h.s, what, fes);
+    }
+
+    // On a connected I/O queue: H2CData outside what the R2T asked for, and beyond
+    // MAXH2CDATA.
+    for (what, datao, len, fes) in [
+        ("H2CData offset out of range", 4096u32, 8192usize, 4u16),
+        ("H2CData longer than MAXH2CDATA", 0, 256 * 1024, 5),
+    ] {
+        let (_a, c) = Host::admin(s.addr, NQN, false, 0);
+        let mut h = io_queue(s.addr, c, 1, false);
+        let mut cmd = rw(0x01, 500, 2, 8192, false);
+        cmd.cid = 5;
+        h.send_capsule(&cmd, &[]);
+        let r2t = h.read_pdu();
+        assert_eq!(r2t.ty, 0x09, "{what}: R2T");
+        let ttag = u16::from_le_bytes([r2t.hdr[10], r2t.hdr[11]]);
+        h.send_h2c_data(5, ttag, datao, &vec![0xAB; len], true);
+        expect_term_req(&mut h.s, what, fes);
     }
 
     // A header digest error on a live queue.
@@ -636,26 +728,66 @@ fn garbage_gets_a_termination_request_while_other_io_goes_on() {
     let mut victim = io_queue(s.addr, c2, 1, true);
     let mut cmd = rw(0x02, 0, 1, 4096, false);
     cmd.cid = 77;
-    let mut pdu = vec![0u8; 72];
-    pdu[0] = 0x04;
-    pdu[1] = 1;
-    pdu[2] = 72;
-    pdu[4..8].copy_from_slice(&76u32.to_le_bytes());
+    let mut pdu = common_header(0x04, 1, 72, 0, 76);
     let mut sqe = [0u8; 64];
     cmd.encode(&mut sqe);
     pdu[8..72].copy_from_slice(&sqe);
     pdu.extend_from_slice(&0xDEAD_BEEFu32.to_le_bytes());
     victim.s.write_all(&pdu).unwrap();
-    let p = victim.read_pdu();
-    assert_eq!(p.ty, 0x03);
+    expect_term_req(&mut victim.s, "header digest error", 3);
+
+    // A data digest error fails the command with a transient transport error; the queue
+    // stays usable and the blocks are untouched.
+    let (_a3, c3) = Host::admin(s.addr, NQN, true, 0);
+    let mut dd = io_queue(s.addr, c3, 1, true);
+    let before = read_blocks(&mut dd, 600, 1);
+    let mut cmd = rw(0x01, 600, 1, 4096, true);
+    cmd.cid = 9;
+    let mut pdu = common_header(0x04, 0x03, 72, 76, 76 + 4096 + 4);
+    cmd.encode(&mut sqe);
+    pdu[8..72].copy_from_slice(&sqe);
+    let hd = crc32c::crc32c(&pdu);
+    pdu.extend_from_slice(&hd.to_le_bytes());
+    pdu.extend_from_slice(&[0x5A; 4096]);
+    pdu.extend_from_slice(&(crc32c::crc32c(&[0x5A; 4096]) ^ 1).to_le_bytes());
+    dd.s.write_all(&pdu).unwrap();
+    let resp = dd.read_pdu();
     assert_eq!(
-        u16::from_le_bytes([p.hdr[8], p.hdr[9]]),
-        0x03,
-        "FES header digest error"
+        resp.ty, 0x05,
+        "data digest error: a completion, not a TermReq"
     );
-    exercise_io(&mut good);
+    let c = Completion::decode(resp.hdr[8..24].try_into().unwrap());
+    assert!(
+        c.status.same_code(Status::TRANSIENT_TRANSPORT_ERROR),
+        "data digest error: {:?}",
+        c.status
+    );
+    assert!(read_blocks(&mut dd, 600, 1) == before, "nothing written");
+
+    // Truncated PDUs: half a header, then the host goes away; and half a capsule's data.
+    for cut in [4usize, 40, 72 + 100] {
+        let mut h = Host::connect(s.addr, false, false);
+        let mut pdu = common_header(0x04, 0, 72, 72, 72 + 4096);
+        pdu.resize(72 + 4096, 0x11);
+        h.s.write_all(&pdu[..cut]).unwrap();
+        h.s.shutdown(std::net::Shutdown::Write).unwrap();
+        h.s.set_read_timeout(Some(TIMEOUT)).unwrap();
+        let mut sink = [0u8; 256];
+        let closed = loop {
+            match h.s.read(&mut sink) {
+                Ok(0) => break true,
+                Ok(_) => continue,
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => break true,
+                Err(_) => break false,
+            }
+        };
+        assert!(closed, "truncated at {cut}: the target closes its side");
+    }
+
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let rounds = good.join().expect("verified I/O undisturbed");
+    assert!(rounds >= 3);
     s.target.shutdown(TIMEOUT);
-    let _ = Arc::new(());
 }
 
 impl Host {
