@@ -1054,3 +1054,103 @@ fn fused_compare_and_write_is_atomic_and_fails_cleanly() {
     );
     s.target.shutdown(TIMEOUT);
 }
+
+// --- No allocation per I/O ----------------------------------------------------------------
+//
+// A counting allocator that counts only on threads marked as tracked (the target's reactor),
+// so the blocking test client may allocate as it likes.
+
+struct CountingAllocator;
+
+static REACTOR_ALLOCATIONS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+thread_local! {
+    static TRACKED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+fn count_if_tracked() {
+    if TRACKED.try_with(|t| t.get()).unwrap_or(false) {
+        REACTOR_ALLOCATIONS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+// SAFETY: forwards to the system allocator unchanged.
+unsafe impl std::alloc::GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_if_tracked();
+        std::alloc::System.alloc(layout)
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: std::alloc::Layout) {
+        std::alloc::System.dealloc(ptr, layout)
+    }
+    unsafe fn alloc_zeroed(&self, layout: std::alloc::Layout) -> *mut u8 {
+        count_if_tracked();
+        std::alloc::System.alloc_zeroed(layout)
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: std::alloc::Layout, new_size: usize) -> *mut u8 {
+        count_if_tracked();
+        std::alloc::System.realloc(ptr, layout, new_size)
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: CountingAllocator = CountingAllocator;
+
+/// One round of the I/O mix: in-capsule and R2T writes, small and large reads.
+fn io_round(io: &mut Host, i: u64, small: &[u8], big: &[u8]) {
+    let lba = 1000 + (i % 64) * 16;
+    assert!(io
+        .run(rw(0x01, lba, 1, 4096, true), small, &[])
+        .0
+        .status
+        .is_success());
+    assert!(io
+        .run(rw(0x01, lba, 16, 65536, false), &[], big)
+        .0
+        .status
+        .is_success());
+    let (c, d) = io.run(rw(0x02, lba, 16, 65536, false), &[], &[]);
+    assert!(c.status.is_success() && d == big);
+    let (c, d) = io.run(rw(0x02, lba, 1, 4096, false), &[], &[]);
+    assert!(c.status.is_success() && d[..] == big[..4096]);
+}
+
+#[test]
+fn steady_state_io_allocates_nothing_on_the_reactor() {
+    let s = setup(true);
+    s._reactors.handles()[0]
+        .call(|| TRACKED.with(|t| t.set(true)), TIMEOUT)
+        .expect("mark the reactor thread");
+    let at_start = REACTOR_ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
+    let (_admin, cntlid) = Host::admin(s.addr, NQN, true, 0);
+    let mut io = io_queue(s.addr, cntlid, 1, true);
+    // The counter does see the reactor: setting up connections allocates.
+    let setup_allocations =
+        REACTOR_ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - at_start;
+    assert!(
+        setup_allocations > 0,
+        "the reactor thread is not being counted"
+    );
+    let (small, big) = (pattern(7, 4096), pattern(8, 65536));
+    // Warm up: buffer caches, send queues and completion vectors reach their sizes.
+    for i in 0..100 {
+        io_round(&mut io, i, &small, &big);
+    }
+    let before = REACTOR_ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed);
+    const ROUNDS: u64 = 500;
+    for i in 0..ROUNDS {
+        io_round(&mut io, i, &small, &big);
+    }
+    let allocations = REACTOR_ALLOCATIONS.load(std::sync::atomic::Ordering::Relaxed) - before;
+    println!(
+        "reactor allocations over {} I/Os (with digests): {allocations}",
+        ROUNDS * 4
+    );
+    // Timers and logging may allocate now and then; an allocation per I/O would be 2000+.
+    assert!(
+        allocations <= 8,
+        "{allocations} allocations on the reactor over {} I/Os",
+        ROUNDS * 4
+    );
+    s.target.shutdown(TIMEOUT);
+}
