@@ -76,7 +76,10 @@ impl Superblock {
         }
         let guess = base_bytes / cluster_size;
         let region = |clusters: u64| {
-            let bytes = HEADER_BYTES as u64 + clusters.div_ceil(8) + 8 + 4 * 4 * clusters
+            let bytes = HEADER_BYTES as u64
+                + clusters.div_ceil(8)
+                + 8
+                + 4 * 4 * clusters
                 + 1024 * (48 + 256);
             bytes.div_ceil(4096) * 4096
         };
@@ -165,7 +168,9 @@ impl Superblock {
                 .is_some_and(|end| end <= sb.data_offset)
             && sb.data_offset % sb.cluster_size == 0;
         if !sane {
-            return Err(MetaError::Corrupt("superblock geometry is inconsistent".into()));
+            return Err(MetaError::Corrupt(
+                "superblock geometry is inconsistent".into(),
+            ));
         }
         Ok(Some(sb))
     }
@@ -449,10 +454,10 @@ impl Meta {
         if v.snapshot {
             return Err(MetaError::ReadOnly(v.name.clone()));
         }
-        let e = *v.map.get(index as usize).ok_or(MetaError::BadIndex {
-            volume: id,
-            index,
-        })?;
+        let e = *v
+            .map
+            .get(index as usize)
+            .ok_or(MetaError::BadIndex { volume: id, index })?;
         if e != UNALLOCATED && self.refs(e) == 1 {
             return Ok(e);
         }
@@ -473,10 +478,10 @@ impl Meta {
         if v.snapshot {
             return Err(MetaError::ReadOnly(v.name.clone()));
         }
-        let slot = v.map.get_mut(index as usize).ok_or(MetaError::BadIndex {
-            volume: id,
-            index,
-        })?;
+        let slot = v
+            .map
+            .get_mut(index as usize)
+            .ok_or(MetaError::BadIndex { volume: id, index })?;
         let e = std::mem::replace(slot, UNALLOCATED);
         if e != UNALLOCATED {
             self.decref(e);
@@ -665,7 +670,9 @@ impl Meta {
             }
         }
         if counted != self.refs {
-            return Err(MetaError::Corrupt("reference counts disagree with the maps".into()));
+            return Err(MetaError::Corrupt(
+                "reference counts disagree with the maps".into(),
+            ));
         }
         let free = counted.iter().filter(|&&r| r == 0).count() as u64;
         if free != self.free {
@@ -697,7 +704,8 @@ impl Meta {
             b.resize(at + 48, 0);
             put32(&mut b, at, v.id);
             put32(&mut b, at + 4, v.parent);
-            let flags = if v.thin { FLAG_THIN } else { 0 } | if v.snapshot { FLAG_SNAPSHOT } else { 0 };
+            let flags =
+                if v.thin { FLAG_THIN } else { 0 } | if v.snapshot { FLAG_SNAPSHOT } else { 0 };
             put32(&mut b, at + 8, flags);
             b[at + 12..at + 14].copy_from_slice(&(v.name.len() as u16).to_le_bytes());
             b[at + 16..at + 32].copy_from_slice(v.uuid.as_bytes());
@@ -751,7 +759,9 @@ impl Meta {
             return Err(bad("image too short for its allocation map"));
         }
         for _ in 0..count {
-            let rec = b.get(at..at + 48).ok_or_else(|| bad("truncated volume record"))?;
+            let rec = b
+                .get(at..at + 48)
+                .ok_or_else(|| bad("truncated volume record"))?;
             let id = get32(rec, 0);
             let flags = get32(rec, 8);
             let name_len = u16::from_le_bytes([rec[12], rec[13]]) as usize;
@@ -910,7 +920,10 @@ mod tests {
         assert!(s.data_offset >= 4096 + 2 * s.md_region_bytes);
         assert_eq!(s.data_offset % (1 << 20), 0);
         assert!(s.base_bytes_needed() <= 64 << 20);
-        assert_eq!(s.clusters, (64 << 20) / (1 << 20) - s.data_offset / (1 << 20));
+        assert_eq!(
+            s.clusters,
+            (64 << 20) / (1 << 20) - s.data_offset / (1 << 20)
+        );
         assert!(Superblock::plan("p", Uuid::nil(), 1 << 20, 512, 1 << 20).is_err());
         assert!(Superblock::plan("p", Uuid::nil(), 64 << 20, 512, 3000).is_err());
     }
@@ -955,7 +968,8 @@ mod tests {
         let s = sb(10);
         let mut m = Meta::new(&s);
         let mut t = Vec::new();
-        m.create_volume("v", Uuid::nil(), 65536, false, &mut t).unwrap();
+        m.create_volume("v", Uuid::nil(), 65536, false, &mut t)
+            .unwrap();
         let img = m.encode(&s, 1);
         let mut flipped = img.clone();
         flipped[img.len() - 1] ^= 1;
@@ -987,7 +1001,9 @@ mod tests {
         let s = sb(8);
         let mut m = Meta::new(&s);
         let mut t = Vec::new();
-        let v = m.create_volume("v", Uuid::nil(), 2 * 65536, true, &mut t).unwrap();
+        let v = m
+            .create_volume("v", Uuid::nil(), 2 * 65536, true, &mut t)
+            .unwrap();
         assert!(t.is_empty());
         let c0 = m.make_exclusive(v, 0, &mut t).unwrap();
         assert_eq!(t, vec![DataTask::Zero(c0)]);
@@ -1000,7 +1016,10 @@ mod tests {
         assert_eq!(t, vec![DataTask::Copy { from: c0, to: c1 }]);
         assert_eq!(m.refs(c0), 1);
         assert_eq!(m.volume(snap).unwrap().map[0], c0);
-        assert!(matches!(m.make_exclusive(snap, 0, &mut t), Err(MetaError::ReadOnly(_))));
+        assert!(matches!(
+            m.make_exclusive(snap, 0, &mut t),
+            Err(MetaError::ReadOnly(_))
+        ));
         let clone = m.clone_volume(snap, "c", Uuid::nil()).unwrap();
         assert_eq!(m.refs(c0), 2);
         let clone2 = m.clone_volume(snap, "c2", Uuid::nil()).unwrap();
@@ -1023,7 +1042,9 @@ mod tests {
         let s = sb(1);
         let mut m = Meta::new(&s);
         let mut t = Vec::new();
-        let v = m.create_volume("v", Uuid::nil(), 65536, true, &mut t).unwrap();
+        let v = m
+            .create_volume("v", Uuid::nil(), 65536, true, &mut t)
+            .unwrap();
         m.make_exclusive(v, 0, &mut t).unwrap();
         m.release(v, 0).unwrap();
         assert_eq!(m.free_clusters(), 1);

@@ -1,0 +1,487 @@
+//! A volume as a bdev, and its per-reactor channel.
+//!
+//! The channel cuts each request at cluster boundaries and looks every piece up in the
+//! volume's published map (atomic loads, no lock):
+//! - read of an allocated cluster, write to a cluster only this volume references: straight to
+//!   the base at the translated block (a request inside one cluster goes down as itself, its
+//!   buffers untouched; a request across clusters is carried by pool buffers per piece);
+//! - read of an unallocated cluster: zeroes, without I/O;
+//! - write to an unallocated or shared cluster: the piece waits while the engine allocates or
+//!   copies and makes that durable, then is looked up again;
+//! - write-zeroes/unmap of a whole cluster of a thin volume: the cluster is released by the
+//!   engine; of part of a cluster: zeroes written in place (after a copy if shared).
+//!
+//! Direct modifying requests are counted per channel so that the engine can wait for them
+//! before a snapshot freezes the clusters they write.
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use gyre_bdev::{
+    Bdev, BdevChannel, BdevError, BdevInfo, IoChannelBackend, IoCompletion, IoError, IoOp,
+    IoRequest, IoStatus, IoTypes,
+};
+use gyre_reactor::{global_pool, local, PoolCache, SgList};
+
+use crate::meta::{VolumeMeta, UNALLOCATED};
+use crate::pool::{Op, PoolShared, PublishedMap, ReplyQueue, VolumeShared, EXCLUSIVE};
+use crate::LvolError;
+
+/// A volume of a pool, registered as the bdev `<pool>/<volume>`.
+pub struct VolumeBdev {
+    info: BdevInfo,
+    vol: Arc<VolumeShared>,
+    pool: Arc<PoolShared>,
+}
+
+impl VolumeBdev {
+    pub(crate) fn new(
+        name: &str,
+        v: &VolumeMeta,
+        vol: Arc<VolumeShared>,
+        pool: Arc<PoolShared>,
+    ) -> Result<Arc<Self>, LvolError> {
+        let bs = pool.sb.block_size;
+        let mut types = IoTypes::NONE.with(IoOp::Read).with(IoOp::Flush);
+        if !v.snapshot {
+            types = types
+                .with(IoOp::Write)
+                .with(IoOp::WriteZeroes)
+                .with(IoOp::Unmap);
+        }
+        let info = BdevInfo::new(name, "lvol", bs, v.size_bytes / bs as u64, types)?
+            .with_uuid(v.uuid)
+            .with_volatile_write_cache(pool.base.info().volatile_write_cache());
+        Ok(Arc::new(VolumeBdev { info, vol, pool }))
+    }
+
+    pub(crate) fn set_size(&self, bytes: u64) {
+        self.info
+            .set_num_blocks(bytes / self.info.block_size() as u64);
+    }
+}
+
+impl Bdev for VolumeBdev {
+    fn info(&self) -> &BdevInfo {
+        &self.info
+    }
+
+    fn create_channel(self: Arc<Self>) -> Result<Box<dyn IoChannelBackend>, BdevError> {
+        let base = self.pool.base.channel()?;
+        let (map, generation) = self.vol.current();
+        let sb = &self.pool.sb;
+        let bs = sb.block_size as u64;
+        Ok(Box::new(VolumeChannel {
+            writes: self.vol.register_writer(),
+            vol: self.vol.clone(),
+            pool: self.pool.clone(),
+            map,
+            generation,
+            base,
+            replies: Arc::new(ReplyQueue {
+                queue: Default::default(),
+                waker: local().map(|l| l.handle()),
+            }),
+            slots: Vec::with_capacity(64),
+            free_slots: Vec::with_capacity(64),
+            waiting: Vec::new(),
+            deferred: VecDeque::new(),
+            ready: VecDeque::with_capacity(64),
+            base_done: Vec::with_capacity(64),
+            cache: global_pool().ok().map(|p| p.local()),
+            block_size: bs,
+            cluster_blocks: sb.cluster_size / bs,
+            data_lba: sb.data_offset / bs,
+            next_token: 0,
+            open_slots: 0,
+        }))
+    }
+}
+
+/// One caller request in progress.
+struct Slot {
+    tag: u64,
+    offset: u64,
+    op: IoOp,
+    /// Pieces not finished yet.
+    remaining: u32,
+    status: IoStatus,
+    /// Whether the request went down whole (its own buffers) rather than in pieces.
+    whole: bool,
+    /// The caller's request while its pieces run (pieces mode), or once it came back (whole).
+    parent: Option<IoRequest>,
+}
+
+/// A piece of a request inside one cluster.
+struct Piece {
+    slot: u32,
+    /// Block offset of the piece within the caller's request.
+    pos: u64,
+    lba: u64,
+    blocks: u64,
+    /// What goes to the base: the caller's request itself (whole), or a request on pool
+    /// buffers (pieces), or nothing yet (no buffers were free).
+    req: Option<IoRequest>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Ask {
+    Alloc,
+    Release,
+}
+
+struct VolumeChannel {
+    vol: Arc<VolumeShared>,
+    pool: Arc<PoolShared>,
+    map: Arc<PublishedMap>,
+    generation: u64,
+    base: BdevChannel,
+    writes: Arc<AtomicU64>,
+    replies: Arc<ReplyQueue>,
+    slots: Vec<Slot>,
+    free_slots: Vec<u32>,
+    waiting: Vec<(u64, Ask, Piece)>,
+    deferred: VecDeque<Piece>,
+    ready: VecDeque<IoCompletion>,
+    base_done: Vec<IoCompletion>,
+    cache: Option<PoolCache>,
+    block_size: u64,
+    cluster_blocks: u64,
+    data_lba: u64,
+    next_token: u64,
+    open_slots: usize,
+}
+
+/// Copies `len` bytes from `src` at `src_at` to `dst` at `dst_at`, whatever the segments.
+fn copy_sg(src: &SgList, src_at: usize, dst: &mut SgList, dst_at: usize, len: usize) {
+    let mut done = 0;
+    src.for_each_chunk(src_at, len, |chunk| {
+        let mut used = 0;
+        dst.for_each_chunk_mut(dst_at + done, chunk.len(), |d| {
+            let n = d.len();
+            d.copy_from_slice(&chunk[used..used + n]);
+            used += n;
+        });
+        done += chunk.len();
+    });
+}
+
+fn modifies(op: IoOp) -> bool {
+    matches!(op, IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap)
+}
+
+impl VolumeChannel {
+    fn slot_of(&mut self, req: &IoRequest, whole: bool) -> u32 {
+        let s = Slot {
+            tag: req.tag,
+            offset: req.offset_blocks,
+            op: req.op,
+            remaining: 1,
+            status: Ok(()),
+            whole,
+            parent: None,
+        };
+        self.open_slots += 1;
+        match self.free_slots.pop() {
+            Some(i) => {
+                self.slots[i as usize] = s;
+                i
+            }
+            None => {
+                self.slots.push(s);
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    #[inline]
+    fn refresh(&mut self) {
+        let g = self.vol.generation();
+        if g != self.generation {
+            let (map, g) = self.vol.current();
+            self.map = map;
+            self.generation = g;
+        }
+    }
+
+    /// Builds the base request of a piece in pieces mode; false if no buffers are free.
+    fn prepare(&mut self, p: &mut Piece) -> bool {
+        if p.req.is_some() {
+            return true;
+        }
+        let s = &self.slots[p.slot as usize];
+        let op = s.op;
+        let tag = (p.slot as u64) << 32 | p.pos;
+        if !op.has_data() {
+            p.req = Some(IoRequest::control(op, p.lba, p.blocks, tag));
+            return true;
+        }
+        let len = (p.blocks * self.block_size) as usize;
+        let Some(mut buf) = self.cache.as_ref().and_then(|c| c.try_alloc(len)) else {
+            return false;
+        };
+        let flags = s.parent.as_ref().map(|r| r.flags).unwrap_or_default();
+        if op == IoOp::Write {
+            if let Some(parent) = &s.parent {
+                copy_sg(
+                    &parent.buf,
+                    (p.pos * self.block_size) as usize,
+                    &mut buf,
+                    0,
+                    len,
+                );
+            }
+        }
+        let mut r = IoRequest::new(op, p.lba, p.blocks, buf, tag);
+        r.flags = flags;
+        p.req = Some(r);
+        true
+    }
+
+    /// Looks a piece up and sends it on its way.
+    fn start(&mut self, mut p: Piece) {
+        if !self.prepare(&mut p) {
+            self.deferred.push_back(p);
+            return;
+        }
+        self.refresh();
+        let cb = self.cluster_blocks;
+        let index = p.lba / cb;
+        let within = p.lba % cb;
+        let op = self.slots[p.slot as usize].op;
+        let Some(entry) = self.map.entries.get(index as usize) else {
+            let e = IoError::OutOfRange {
+                offset: p.lba,
+                count: p.blocks,
+                num_blocks: self.map.entries.len() as u64 * cb,
+            };
+            return self.finish(p, Err(e));
+        };
+        match op {
+            IoOp::Read => {
+                let e = entry.load(Ordering::Acquire);
+                if e == UNALLOCATED {
+                    self.zero_fill(&mut p);
+                    self.finish(p, Ok(()));
+                } else {
+                    self.submit_base(p, e & !EXCLUSIVE, within);
+                }
+            }
+            IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap => {
+                if op != IoOp::Write {
+                    let e = entry.load(Ordering::Acquire);
+                    if e == UNALLOCATED {
+                        return self.finish(p, Ok(()));
+                    }
+                    if within == 0 && p.blocks == cb && self.vol.thin {
+                        return self.ask(Ask::Release, index, p);
+                    }
+                }
+                // Count first, then look: the engine revokes, then checks the counts.
+                self.writes.fetch_add(1, Ordering::SeqCst);
+                let e = entry.load(Ordering::SeqCst);
+                if e != UNALLOCATED && e & EXCLUSIVE != 0 {
+                    if let Some(r) = p.req.as_mut() {
+                        if op != IoOp::Write {
+                            r.op = IoOp::WriteZeroes;
+                        }
+                    }
+                    self.submit_base(p, e & !EXCLUSIVE, within);
+                } else {
+                    self.writes.fetch_sub(1, Ordering::Release);
+                    self.ask(Ask::Alloc, index, p);
+                }
+            }
+            _ => self.finish(p, Err(IoError::Unsupported(op))),
+        }
+    }
+
+    fn submit_base(&mut self, mut p: Piece, phys: u32, within: u64) {
+        let Some(mut req) = p.req.take() else {
+            return self.finish(p, Err(IoError::Aborted));
+        };
+        req.offset_blocks = self.data_lba + phys as u64 * self.cluster_blocks + within;
+        req.tag = (p.slot as u64) << 32 | p.pos;
+        self.base.submit(req);
+    }
+
+    fn zero_fill(&mut self, p: &mut Piece) {
+        let len = (p.blocks * self.block_size) as usize;
+        let s = &mut self.slots[p.slot as usize];
+        if s.whole {
+            if let Some(r) = p.req.as_mut() {
+                r.buf.fill(len, 0);
+            }
+        } else if let Some(parent) = s.parent.as_mut() {
+            parent
+                .buf
+                .for_each_chunk_mut((p.pos * self.block_size) as usize, len, |d| d.fill(0));
+        }
+    }
+
+    fn ask(&mut self, kind: Ask, index: u64, p: Piece) {
+        let token = self.next_token;
+        self.next_token += 1;
+        self.waiting.push((token, kind, p));
+        let reply = self.replies.clone();
+        let vol = self.vol.id;
+        self.pool.submit(match kind {
+            Ask::Alloc => Op::Alloc {
+                vol,
+                index,
+                token,
+                reply,
+            },
+            Ask::Release => Op::Release {
+                vol,
+                index,
+                token,
+                reply,
+            },
+        });
+    }
+
+    /// A piece is done (locally, or its base request came back as `req`).
+    fn finish(&mut self, p: Piece, status: IoStatus) {
+        self.part_done(p.slot, status, p.req);
+    }
+
+    fn part_done(&mut self, slot: u32, status: IoStatus, req: Option<IoRequest>) {
+        let s = &mut self.slots[slot as usize];
+        if s.status.is_ok() {
+            s.status = status;
+        }
+        if s.whole {
+            if let Some(r) = req {
+                s.parent = Some(r);
+            }
+        }
+        s.remaining -= 1;
+        if s.remaining > 0 {
+            return;
+        }
+        let status = s.status;
+        let Some(mut req) = s.parent.take() else {
+            return;
+        };
+        req.op = s.op;
+        req.offset_blocks = s.offset;
+        req.tag = s.tag;
+        self.free_slots.push(slot);
+        self.open_slots -= 1;
+        self.ready.push_back(IoCompletion { status, req });
+    }
+
+    fn base_completion(&mut self, c: IoCompletion) {
+        let slot = (c.req.tag >> 32) as u32;
+        let pos = c.req.tag & 0xFFFF_FFFF;
+        let Some(s) = self.slots.get(slot as usize) else {
+            return;
+        };
+        if modifies(s.op) {
+            self.writes.fetch_sub(1, Ordering::Release);
+        }
+        if s.whole {
+            return self.part_done(slot, c.status, Some(c.req));
+        }
+        if s.op == IoOp::Read && c.status.is_ok() {
+            let bs = self.block_size as usize;
+            let len = c.req.num_blocks as usize * bs;
+            if let Some(parent) = self.slots[slot as usize].parent.as_mut() {
+                copy_sg(&c.req.buf, 0, &mut parent.buf, pos as usize * bs, len);
+            }
+        }
+        // The pool buffers of the piece go back with `c`.
+        self.part_done(slot, c.status, None);
+    }
+}
+
+impl IoChannelBackend for VolumeChannel {
+    fn submit(&mut self, req: IoRequest) {
+        let cb = self.cluster_blocks;
+        if req.op == IoOp::Flush {
+            // Metadata is durable before any write that depends on it completes, so a flush
+            // of the base makes every completed write durable.
+            let slot = self.slot_of(&req, true);
+            let mut req = req;
+            req.tag = (slot as u64) << 32;
+            self.base.submit(req);
+            return;
+        }
+        let first = req.offset_blocks / cb;
+        let last = (req.offset_blocks + req.num_blocks.max(1) - 1) / cb;
+        if first == last {
+            let slot = self.slot_of(&req, true);
+            let p = Piece {
+                slot,
+                pos: 0,
+                lba: req.offset_blocks,
+                blocks: req.num_blocks,
+                req: Some(req),
+            };
+            self.start(p);
+            return;
+        }
+        let slot = self.slot_of(&req, false);
+        let (lba, end) = (req.offset_blocks, req.offset_blocks + req.num_blocks);
+        self.slots[slot as usize].remaining = (last - first + 1) as u32;
+        self.slots[slot as usize].parent = Some(req);
+        let mut at = lba;
+        while at < end {
+            let stop = ((at / cb + 1) * cb).min(end);
+            let p = Piece {
+                slot,
+                pos: at - lba,
+                lba: at,
+                blocks: stop - at,
+                req: None,
+            };
+            self.start(p);
+            at = stop;
+        }
+    }
+
+    fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {
+        while let Some((token, status)) = self.replies.queue.pop() {
+            let Some(i) = self.waiting.iter().position(|(t, _, _)| *t == token) else {
+                continue;
+            };
+            let (_, kind, p) = self.waiting.swap_remove(i);
+            match (kind, status) {
+                (Ask::Alloc, Ok(())) => self.start(p),
+                (_, status) => self.finish(p, status),
+            }
+        }
+        for _ in 0..self.deferred.len() {
+            match self.deferred.pop_front() {
+                Some(p) => self.start(p),
+                None => break,
+            }
+        }
+        let list = &mut self.base_done;
+        self.base.poll(|c| list.push(c));
+        let mut list = std::mem::take(&mut self.base_done);
+        for c in list.drain(..) {
+            self.base_completion(c);
+        }
+        self.base_done = list;
+        let n = self.ready.len();
+        for _ in 0..n {
+            if let Some(c) = self.ready.pop_front() {
+                done(c);
+            }
+        }
+        n
+    }
+
+    fn in_flight(&self) -> usize {
+        self.open_slots + self.ready.len()
+    }
+}
+
+impl Drop for VolumeChannel {
+    fn drop(&mut self) {
+        self.vol.unregister_writer(&self.writes);
+    }
+}
