@@ -6,6 +6,8 @@
 //! for its whole life on the reactor it was given when accepted (the least loaded one).
 
 pub mod config;
+/// The NVMe/TCP host (initiator): controllers, I/O queue pairs with reconnect, discovery.
+pub mod host;
 pub mod target;
 pub mod tcp;
 
