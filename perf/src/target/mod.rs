@@ -15,6 +15,7 @@
 //! connection has at most `qd` commands in flight.
 
 pub mod bdev;
+pub mod iscsi;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -149,7 +150,7 @@ pub fn with_target<R: TargetRunner>(
     };
     match scheme {
         "bdev" => runner.run(Arc::new(bdev::BdevTarget::from_spec_text(rest, opts)?)),
-        "iscsi" => bail!("iscsi:// targets are not available in this build of gyre-perf yet"),
+        "iscsi" => runner.run(Arc::new(iscsi::IscsiTarget::connect(url, opts)?)),
         "nvmf" => bail!(
             "nvmf:// targets are not available in this build of gyre-perf (the NVMe/TCP host is not wired in yet)"
         ),

@@ -16,6 +16,7 @@ use crate::login::{
     InitiatorAuth, InitiatorLogin, InitiatorLoginConfig, InitiatorLoginError, InitiatorLoginStep,
 };
 use crate::lun::Lun;
+use crate::negotiate::SessionParams;
 use crate::sendtargets::{self, DiscoveredTarget, SendTargetsError};
 use crate::text::{TextError, TextLimits, TextList};
 use gyre_net::{Recv, TcpConnection};
@@ -151,6 +152,24 @@ impl IscsiInitiator {
             session,
             rxbuf: vec![0u8; RX_CHUNK].into_boxed_slice(),
         })
+    }
+
+    /// The socket, the negotiated parameters, (CmdSN, ExpStatSN, MaxCmdSN) and the queue
+    /// depth, for [`super::datapath::DataPathConnection`]. Fails unless the connection is
+    /// quiet (nothing outstanding, sent or received in part).
+    #[allow(clippy::type_complexity)]
+    pub(crate) fn into_parts(
+        self,
+    ) -> Result<(TcpConnection, SessionParams, (u32, u32, u32), u16), InitiatorError> {
+        if !self.session.is_quiet() {
+            return Err(InitiatorError::Unexpected(
+                "the connection is busy and cannot change drivers",
+            ));
+        }
+        let seq = self.session.sequence_numbers();
+        let qd = u16::try_from(self.session.queue_depth()).unwrap_or(u16::MAX);
+        let params = self.session.params().clone();
+        Ok((self.conn, params, seq, qd))
     }
 
     pub fn session(&mut self) -> &mut InitiatorSession {

@@ -182,6 +182,26 @@ impl InitiatorSession {
         self.logged_out
     }
 
+    /// CmdSN, ExpStatSN and MaxCmdSN, for handing the session to another driver.
+    pub(crate) fn sequence_numbers(&self) -> (u32, u32, u32) {
+        (self.cmd_sn, self.exp_stat_sn, self.max_cmd_sn)
+    }
+
+    /// Task slots (the queue depth).
+    pub fn queue_depth(&self) -> usize {
+        self.slots.len()
+    }
+
+    /// Nothing outstanding, queued to send, or partly received.
+    pub(crate) fn is_quiet(&self) -> bool {
+        self.outstanding() == 0
+            && self.tx.is_empty()
+            && self.rx.is_empty()
+            && self.special == Special::None
+            && !self.closed
+            && !self.logged_out
+    }
+
     /// Bytes waiting to be sent.
     pub fn pending_tx(&self) -> &[u8] {
         &self.tx
