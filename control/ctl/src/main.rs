@@ -10,6 +10,7 @@
 
 mod bdev;
 mod config;
+mod nvmf;
 mod output;
 mod reactor;
 
@@ -51,6 +52,9 @@ enum Command {
     /// Reactors: list and load.
     #[command(subcommand)]
     Reactor(reactor::Command),
+    /// NVMe-oF target: subsystems, namespaces, listeners, hosts, ANA states.
+    #[command(subcommand)]
+    Nvmf(nvmf::Command),
     /// Save the running configuration or load a file into the running daemon.
     #[command(subcommand)]
     Config(config::Command),
@@ -96,6 +100,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Bdev(c) => bdev::run(c, &mut ctx),
         Command::Reactor(c) => reactor::run(c, &mut ctx),
+        Command::Nvmf(c) => nvmf::run(c, &mut ctx),
         Command::Config(c) => config::run(c, &mut ctx),
         Command::Methods => ctx
             .call("rpc_get_methods", None)
