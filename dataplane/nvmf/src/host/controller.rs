@@ -294,6 +294,25 @@ impl Controller {
     pub fn poll(&mut self) -> Result<(), HostError> {
         let now = Instant::now();
         if let Some(q) = self.admin.as_mut() {
+            // Keep-alive first, so that the poll below sends it and may already see its answer.
+            if let (true, Some(interval)) = (q.is_connected(), self.ka.interval) {
+                match self.ka.outstanding {
+                    Some((_, sent)) if now.duration_since(sent) > self.ka.kato => {
+                        q.close();
+                    }
+                    None if now.duration_since(self.ka.last_sent) >= interval => {
+                        let tag = self.next_tag;
+                        self.next_tag += 1;
+                        if q.submit(keep_alive_command(0), Transfer::None, None, tag)
+                            .is_ok()
+                        {
+                            self.ka.outstanding = Some((tag, now));
+                            self.ka.last_sent = now;
+                        }
+                    }
+                    _ => {}
+                }
+            }
             let ka = &mut self.ka;
             q.poll(|tag, _result, _buf| {
                 if ka.outstanding.is_some_and(|(t, _)| t == tag) {
@@ -301,28 +320,6 @@ impl Controller {
                     ka.outstanding = None;
                 }
             });
-            if q.is_connected() {
-                if let Some(interval) = self.ka.interval {
-                    match self.ka.outstanding {
-                        Some((_, sent)) if now.duration_since(sent) > self.ka.kato => {
-                            q.close();
-                        }
-                        None if now.duration_since(self.ka.last_sent) >= interval => {
-                            let tag = self.next_tag;
-                            self.next_tag += 1;
-                            if q.submit(keep_alive_command(0), Transfer::None, None, tag)
-                                .is_ok()
-                            {
-                                self.ka.outstanding = Some((tag, now));
-                                self.ka.last_sent = now;
-                                // Out now rather than at the next poll.
-                                q.poll(|_, _, _| {});
-                            }
-                        }
-                        _ => {}
-                    }
-                }
-            }
             if let Some(e) = q.failure() {
                 tracing::warn!(addr = %self.link.addr(), nqn = %self.info.subnqn, error = %e,
                     "nvmf host: admin connection lost");
@@ -739,6 +736,7 @@ fn establish(
         header_digest: opts.header_digest,
         data_digest: opts.data_digest,
         sq_flow_disabled: false,
+        exact_c2h: false,
     };
     let mut q = QueuePair::<Vec<u8>>::connect(link.addr(), cfg, opts.connect_timeout)?;
     let kato_ms = opts.keep_alive_timeout.as_millis().min(u32::MAX as u128) as u32;

@@ -477,6 +477,7 @@ fn open(link: &ControllerLink, qid: u16) -> Result<(QueuePair<SgList>, u64), Hos
         header_digest: opts.header_digest,
         data_digest: opts.data_digest,
         sq_flow_disabled: no_flow,
+        exact_c2h: true,
     };
     let mut qp = QueuePair::connect(link.addr(), cfg, opts.connect_timeout)?;
     let cattr = if no_flow { 0x4 } else { 0 };

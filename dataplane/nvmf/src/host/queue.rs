@@ -103,6 +103,10 @@ pub struct QueueConfig {
     /// Whether the Connect of this queue disables SQ flow control, which is what allows the
     /// controller to use C2HData SUCCESS.
     pub sq_flow_disabled: bool,
+    /// Whether a command must receive all the data it asked for (I/O reads) or may be given
+    /// less (admin commands: a log page shorter than the request ends early, and a success
+    /// response then completes it).
+    pub exact_c2h: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -1068,11 +1072,13 @@ impl<B: DataBuffer> QueuePair<B> {
     }
 
     fn on_response(&mut self, cqe: Completion) -> Result<(), PduError> {
+        let exact = self.cfg.exact_c2h;
         // CID sits at byte 12 of the CQE, byte 20 of the PDU.
         let s = self.in_flight(cqe.cid, 20, "response for a command not in flight")?;
         let result = if s.digest_error {
             Err(CommandError::DataDigest)
-        } else if cqe.status.is_success()
+        } else if exact
+            && cqe.status.is_success()
             && s.transfer.is_to_host()
             && s.received != s.transfer.len()
         {
@@ -1088,6 +1094,7 @@ impl<B: DataBuffer> QueuePair<B> {
 
     fn on_c2h_data(&mut self, layout: &PduLayout, d: C2hData) -> Result<(), PduError> {
         let sq_flow_disabled = self.cfg.sq_flow_disabled;
+        let exact = self.cfg.exact_c2h;
         let s = self.in_flight(d.cccid, 8, "C2HData for a command not in flight")?;
         let Transfer::ControllerToHost(total) = s.transfer else {
             return Err(PduError::invalid_field(
@@ -1099,7 +1106,7 @@ impl<B: DataBuffer> QueuePair<B> {
             return Err(PduError::out_of_range("C2HData out of order"));
         }
         check_data_range(d.datao, d.datal, u64::from(total))?;
-        if d.last && d.datao + d.datal != total {
+        if exact && d.last && d.datao + d.datal != total {
             return Err(PduError::out_of_range(
                 "LAST_PDU before the end of the data",
             ));
