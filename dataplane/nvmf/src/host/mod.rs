@@ -25,6 +25,8 @@ pub mod error;
 pub mod io;
 pub mod options;
 pub mod queue;
+#[cfg(test)]
+mod queue_tests;
 
 pub use buffer::DataBuffer;
 pub use controller::{Controller, ControllerInfo, ControllerLink, NamespaceInfo};
