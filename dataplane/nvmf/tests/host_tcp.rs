@@ -15,8 +15,8 @@ use gyre_nvmf::host::{
 };
 use gyre_nvmf::{ListenAddress, NamespaceConfig, NvmfTarget, SubsystemConfig, TransportOptions};
 use gyre_reactor::{
-    BufferPool, ClassConfig, CoreList, IdlePolicy, PoolCache, PoolConfig, ReactorConfig,
-    Reactors, SgList,
+    BufferPool, ClassConfig, CoreList, IdlePolicy, PoolCache, PoolConfig, ReactorConfig, Reactors,
+    SgList,
 };
 
 const NQN: &str = "nqn.2016-06.io.gyre:host-test";
@@ -139,7 +139,11 @@ fn wait(q: &mut IoQueue, n: usize) -> Vec<IoCompletion> {
     let mut out = Vec::new();
     while out.len() < n {
         if q.poll(|c| out.push(c)) == 0 {
-            assert!(Instant::now() < deadline, "{} of {n} completions", out.len());
+            assert!(
+                Instant::now() < deadline,
+                "{} of {n} completions",
+                out.len()
+            );
             std::thread::sleep(Duration::from_micros(100));
         }
     }
@@ -188,7 +192,11 @@ fn exercise_io(q: &mut IoQueue, ns: Namespace, p: &Pools, base: u64) {
             let slba = base + (i as u64) * 64 + if frag { 32 } else { 0 };
             let data = pattern(slba, len);
             write(q, ns, p, slba, &data, frag);
-            assert_eq!(read(q, ns, p, slba, len, !frag), data, "{len} bytes at {slba}");
+            assert_eq!(
+                read(q, ns, p, slba, len, !frag),
+                data,
+                "{len} bytes at {slba}"
+            );
         }
     }
     // Flush.
@@ -300,7 +308,7 @@ fn queue_depth_32_with_many_outstanding() {
     let mut q = ctrl.connect_io_queue().unwrap();
     const QD: u64 = 32;
     // Mixed sizes: in-capsule and R2T writes interleaved on the wire.
-    let len = |i: u64| if i % 2 == 0 { 4096 } else { 32768 };
+    let len = |i: u64| if i.is_multiple_of(2) { 4096 } else { 32768 };
     for round in 0..4u64 {
         for i in 0..QD {
             let slba = 10000 + i * 8;
@@ -325,7 +333,11 @@ fn queue_depth_32_with_many_outstanding() {
             let i = c.tag - 100;
             let mut got = vec![0u8; len(i)];
             assert!(c.buf.unwrap().copy_to_slice(&mut got));
-            assert_eq!(got, pattern(round * 100 + i, len(i)), "command {i} round {round}");
+            assert_eq!(
+                got,
+                pattern(round * 100 + i, len(i)),
+                "command {i} round {round}"
+            );
         }
     }
     // Beyond the queue depth: refused, not queued.
@@ -356,7 +368,9 @@ fn discovery_pages_through_several_subsystems() {
     }
     // A subsystem this host may not see.
     let mut hidden = SubsystemConfig::new("nqn.2016-06.io.gyre:hidden");
-    hidden.hosts.push("nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001".into());
+    hidden
+        .hosts
+        .push("nqn.2014-08.org.nvmexpress:uuid:00000000-0000-0000-0000-000000000001".into());
     s.target.create_subsystem(hidden).unwrap();
     s.target
         .add_listener("nqn.2016-06.io.gyre:hidden", ListenAddress(s.addr))
@@ -372,7 +386,9 @@ fn discovery_pages_through_several_subsystems() {
             .filter(|e| e.subtype == subtype::NVME)
             .collect();
         assert_eq!(nvme.len(), 6, "{:?}", log.entries);
-        assert!(nvme.iter().all(|e| e.subnqn != "nqn.2016-06.io.gyre:hidden"));
+        assert!(nvme
+            .iter()
+            .all(|e| e.subnqn != "nqn.2016-06.io.gyre:hidden"));
         let main = nvme.iter().find(|e| e.subnqn == NQN).unwrap();
         assert_eq!(main.socket_addr(), Some(s.addr));
         assert_eq!((main.trtype, main.adrfam), (3, 1));
@@ -415,7 +431,10 @@ fn keep_alive_keeps_the_controller_past_kato() {
     kept.keep_alive().unwrap();
     // The controller nobody polled was torn down by the target's keep-alive timer.
     let r = idle.active_namespaces();
-    assert!(r.is_err(), "controller without keep-alive still served: {r:?}");
+    assert!(
+        r.is_err(),
+        "controller without keep-alive still served: {r:?}"
+    );
 }
 
 #[test]
