@@ -13,6 +13,8 @@
 //! - [`login`]: the login state machines, target and initiator side.
 //! - [`sendtargets`]: building and parsing SendTargets responses.
 //! - [`initiator`]: the initiator session over a non-blocking socket.
+//! - [`target`]: the target: portal and initiator groups, targets and LUNs over `gyre-scsi`,
+//!   sessions, and per-reactor poll groups serving connections with zero-copy data.
 
 pub mod bhs;
 pub mod chap;
@@ -23,6 +25,7 @@ pub mod login;
 pub mod lun;
 pub mod negotiate;
 pub mod sendtargets;
+pub mod target;
 pub mod text;
 
 pub use bhs::{Bhs, BhsBody, BhsError, LoginStage, LoginStatus, Opcode};
