@@ -136,3 +136,34 @@ pub struct SubsystemInfo {
     pub listeners: Vec<ListenerInfo>,
     pub controllers: usize,
 }
+
+/// `nvmf_get_controllers`: one subsystem's controllers, or every subsystem's.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GetControllers {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nqn: Option<String>,
+}
+
+/// `nvmf_disconnect_controller`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DisconnectController {
+    pub nqn: String,
+    pub cntlid: u16,
+}
+
+/// A controller (a host's association) in `nvmf_get_controllers`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ControllerInfo {
+    pub nqn: String,
+    pub cntlid: u16,
+    pub hostnqn: String,
+    /// The host ID as a UUID.
+    pub hostid: String,
+    /// The listener the host came in through.
+    pub address: String,
+    pub kato_ms: u32,
+    pub io_queues: usize,
+    pub ready: bool,
+}

@@ -2,8 +2,8 @@
 
 use clap::Subcommand;
 use gyre_api::nvmf::{
-    AddNamespace, AllowAnyHost, CreateSubsystem, Host, Listener, RemoveNamespace, SetAnaState,
-    SubsystemRef,
+    AddNamespace, AllowAnyHost, CreateSubsystem, DisconnectController, GetControllers, Host,
+    Listener, RemoveNamespace, SetAnaState, SubsystemRef,
 };
 use gyre_api::ClientError;
 use serde::Serialize;
@@ -26,6 +26,9 @@ pub enum Command {
     /// Host NQNs allowed to connect to a subsystem.
     #[command(subcommand)]
     Host(HostCmd),
+    /// Connected controllers (host associations): list, disconnect.
+    #[command(subcommand)]
+    Controller(ControllerCmd),
     /// Set the ANA state of a listener (all groups, or one) for multipath hosts.
     Ana {
         nqn: String,
@@ -96,6 +99,18 @@ pub enum Namespace {
 pub enum ListenerCmd {
     Add { nqn: String, address: String },
     Remove { nqn: String, address: String },
+}
+
+#[derive(Subcommand, Debug)]
+pub enum ControllerCmd {
+    /// List controllers of one subsystem, or of all.
+    List { nqn: Option<String> },
+    /// End a controller's association (its queues close; the host may reconnect).
+    Disconnect {
+        nqn: String,
+        #[arg(long)]
+        cntlid: u16,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -216,6 +231,18 @@ pub fn run(cmd: Command, ctx: &mut Ctx) -> Result<Output, ClientError> {
             )?,
             done,
         ),
+        Command::Controller(ControllerCmd::List { nqn }) => Output::new(
+            call(ctx, "nvmf_get_controllers", &GetControllers { nqn })?,
+            controllers_table,
+        ),
+        Command::Controller(ControllerCmd::Disconnect { nqn, cntlid }) => Output::new(
+            call(
+                ctx,
+                "nvmf_disconnect_controller",
+                &DisconnectController { nqn, cntlid },
+            )?,
+            done,
+        ),
         Command::Ana {
             nqn,
             address,
@@ -275,6 +302,39 @@ fn subsystems_table(v: &Value) -> String {
         .unwrap_or_default();
     table(
         &["NQN", "NAMESPACES", "LISTENERS", "HOSTS", "CONTROLLERS"],
+        &rows,
+    )
+}
+
+fn controllers_table(v: &Value) -> String {
+    let rows: Vec<Vec<String>> = v
+        .as_array()
+        .map(|list| {
+            list.iter()
+                .map(|c| {
+                    vec![
+                        field(c, "nqn"),
+                        field(c, "cntlid"),
+                        field(c, "hostnqn"),
+                        field(c, "address"),
+                        field(c, "io_queues"),
+                        field(c, "kato_ms"),
+                        field(c, "ready"),
+                    ]
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    table(
+        &[
+            "NQN",
+            "CNTLID",
+            "HOST",
+            "VIA",
+            "IO_QUEUES",
+            "KATO_MS",
+            "READY",
+        ],
         &rows,
     )
 }

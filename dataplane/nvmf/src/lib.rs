@@ -15,7 +15,7 @@ pub use config::{
     validate_nqn, AnaState, ListenAddress, NamespaceConfig, SubsystemConfig, DEFAULT_PORT,
     DISCOVERY_NQN,
 };
-pub use target::{NvmfTarget, Subsystem, TransportOptions};
+pub use target::{ControllerInfo, NvmfTarget, Subsystem, TransportOptions};
 
 /// Errors of the target's control path.
 #[derive(Debug, thiserror::Error)]
@@ -50,6 +50,8 @@ pub enum NvmfError {
     },
     #[error(transparent)]
     Bdev(#[from] gyre_bdev::BdevError),
+    #[error("subsystem '{nqn}' has no controller {cntlid}")]
+    ControllerNotFound { nqn: String, cntlid: u16 },
     #[error("reactor: {0}")]
     Reactor(String),
 }

@@ -4,8 +4,9 @@
 use std::time::Instant;
 
 use gyre_api::nvmf::{
-    AddNamespace, AllowAnyHost, CreateSubsystem, Host, Listener, ListenerInfo, NamespaceInfo,
-    RemoveNamespace, SetAnaState, SubsystemInfo, SubsystemRef,
+    AddNamespace, AllowAnyHost, ControllerInfo, CreateSubsystem, DisconnectController,
+    GetControllers, Host, Listener, ListenerInfo, NamespaceInfo, RemoveNamespace, SetAnaState,
+    SubsystemInfo, SubsystemRef,
 };
 use gyre_api::{codes, ConfigCall};
 use gyre_nvmf::{
@@ -51,6 +52,21 @@ const METHODS: &[MethodInfo] = &[
         description: "Delete a subsystem (its controllers are disconnected)",
         params: &[NQN],
         mutates: true,
+    },
+    MethodInfo {
+        name: "nvmf_get_controllers",
+        description: "List connected controllers (host associations) of one subsystem or all",
+        params: &[ParamInfo::optional("nqn", "string", "subsystem NQN")],
+        mutates: false,
+    },
+    MethodInfo {
+        name: "nvmf_disconnect_controller",
+        description: "End a controller's association: all its queues close, the host may reconnect",
+        params: &[
+            NQN,
+            ParamInfo::required("cntlid", "integer", "controller ID"),
+        ],
+        mutates: false,
     },
     MethodInfo {
         name: "nvmf_get_subsystems",
@@ -239,7 +255,8 @@ fn err(e: NvmfError) -> RpcError {
         NvmfError::SubsystemNotFound(_)
         | NvmfError::NamespaceNotFound { .. }
         | NvmfError::ListenerNotFound { .. }
-        | NvmfError::HostNotFound { .. } => RpcError::new(codes::NOT_FOUND, msg),
+        | NvmfError::HostNotFound { .. }
+        | NvmfError::ControllerNotFound { .. } => RpcError::new(codes::NOT_FOUND, msg),
         NvmfError::SubsystemExists(_)
         | NvmfError::NsidInUse { .. }
         | NvmfError::ListenerExists { .. }
@@ -294,6 +311,30 @@ impl Module for NvmfModule {
                 Ok(Value::Bool(true))
             }
             "nvmf_get_subsystems" => to_result(&self.subsystems()),
+            "nvmf_get_controllers" => {
+                let p: GetControllers = parse(params)?;
+                let list: Vec<ControllerInfo> = t
+                    .controllers(p.nqn.as_deref())
+                    .map_err(err)?
+                    .into_iter()
+                    .map(|c| ControllerInfo {
+                        nqn: c.nqn,
+                        cntlid: c.cntlid,
+                        hostnqn: c.hostnqn,
+                        hostid: uuid::Uuid::from_bytes(c.hostid).to_string(),
+                        address: c.listener.0.to_string(),
+                        kato_ms: c.kato_ms,
+                        io_queues: c.io_queues,
+                        ready: c.ready,
+                    })
+                    .collect();
+                to_result(&list)
+            }
+            "nvmf_disconnect_controller" => {
+                let p: DisconnectController = parse(params)?;
+                t.disconnect_controller(&p.nqn, p.cntlid).map_err(err)?;
+                Ok(Value::Bool(true))
+            }
             "nvmf_subsystem_add_ns" => self.add_ns(parse(params)?),
             "nvmf_subsystem_remove_ns" => {
                 let p: RemoveNamespace = parse(params)?;

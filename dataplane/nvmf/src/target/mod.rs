@@ -27,6 +27,21 @@ use crate::NvmfError;
 pub use controller::Controller;
 pub use subsystem::{ListenerAna, Namespace, Subsystem, SubsystemKind};
 
+/// A controller as [`NvmfTarget::controllers`] lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ControllerInfo {
+    pub nqn: String,
+    pub cntlid: u16,
+    pub hostnqn: String,
+    pub hostid: [u8; 16],
+    pub listener: ListenAddress,
+    pub kato_ms: u32,
+    /// I/O queues connected.
+    pub io_queues: usize,
+    /// CSTS.RDY: the host enabled the controller.
+    pub ready: bool,
+}
+
 /// Limits the TCP transport advertises and enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportOptions {
@@ -463,6 +478,46 @@ impl NvmfTarget {
     /// The discovery log generation counter.
     pub fn discovery_generation(&self) -> u64 {
         self.shared.genctr.load(Ordering::Acquire)
+    }
+
+    /// The controllers (host associations) of one subsystem or of all.
+    pub fn controllers(&self, nqn: Option<&str>) -> Result<Vec<ControllerInfo>, NvmfError> {
+        let subsystems = match nqn {
+            Some(n) => vec![self.nvm_subsystem(n)?],
+            None => self.subsystems(),
+        };
+        let mut out = Vec::new();
+        for s in subsystems {
+            let mut ctrls: Vec<Arc<Controller>> = s.lock().controllers.values().cloned().collect();
+            ctrls.sort_by_key(|c| c.cntlid);
+            for c in ctrls {
+                let io_queues = c.lock().io_queues.iter().skip(1).filter(|&&q| q).count();
+                out.push(ControllerInfo {
+                    nqn: s.nqn.clone(),
+                    cntlid: c.cntlid,
+                    hostnqn: c.hostnqn.clone(),
+                    hostid: c.hostid,
+                    listener: c.listener,
+                    kato_ms: c.kato_ms(),
+                    io_queues,
+                    ready: c.is_ready(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Ends a controller's association: every queue of it closes (the host may reconnect).
+    pub fn disconnect_controller(&self, nqn: &str, cntlid: u16) -> Result<(), NvmfError> {
+        let s = self.nvm_subsystem(nqn)?;
+        let ctrl = s.lock().controllers.get(&cntlid).cloned();
+        let ctrl = ctrl.ok_or_else(|| NvmfError::ControllerNotFound {
+            nqn: nqn.to_string(),
+            cntlid,
+        })?;
+        tracing::info!(nqn, cntlid, host = %ctrl.hostnqn, "nvmf: controller disconnected by request");
+        ctrl.fail("disconnected by request");
+        Ok(())
     }
 
     /// Connections per reactor.
