@@ -20,6 +20,7 @@ pub mod config;
 pub mod core;
 pub mod framing;
 pub mod jsonrpc;
+pub mod lvol;
 pub mod nvmf;
 pub mod params;
 pub mod reactor;

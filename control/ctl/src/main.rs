@@ -10,6 +10,7 @@
 
 mod bdev;
 mod config;
+mod lvol;
 mod nvmf;
 mod output;
 mod reactor;
@@ -55,6 +56,12 @@ enum Command {
     /// NVMe-oF target: subsystems, namespaces, listeners, hosts, ANA states.
     #[command(subcommand)]
     Nvmf(nvmf::Command),
+    /// Logical volume pools: create, import, scan, close, list.
+    #[command(subcommand)]
+    Pool(lvol::PoolCommand),
+    /// Logical volumes: create, resize, rename, snapshot, clone, inflate, delete, list.
+    #[command(subcommand)]
+    Volume(lvol::VolumeCommand),
     /// Save the running configuration or load a file into the running daemon.
     #[command(subcommand)]
     Config(config::Command),
@@ -101,6 +108,8 @@ fn main() -> ExitCode {
         Command::Bdev(c) => bdev::run(c, &mut ctx),
         Command::Reactor(c) => reactor::run(c, &mut ctx),
         Command::Nvmf(c) => nvmf::run(c, &mut ctx),
+        Command::Pool(c) => lvol::run_pool(c, &mut ctx),
+        Command::Volume(c) => lvol::run_volume(c, &mut ctx),
         Command::Config(c) => config::run(c, &mut ctx),
         Command::Methods => ctx
             .call("rpc_get_methods", None)
