@@ -1,17 +1,23 @@
-//! The NVMe-oF target through gyred: a subsystem built with `gyrectl rpc` alone, the in-use
-//! error naming the subsystem, save and restart with the same export, and an NVMe/TCP host
-//! reaching it (ICReq answered on the saved listener).
+//! The NVMe-oF target through gyred: a subsystem built with `gyrectl nvmf` alone, a host's
+//! controller listed and disconnected, the in-use error naming the subsystem, save and
+//! restart with the same export, and an NVMe/TCP host reaching it (ICReq answered on the
+//! saved listener).
 
 mod common;
 
 use std::io::{Read, Write};
-use std::net::TcpStream;
-use std::time::Duration;
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
 
 use common::{gyrectl, gyrectl_ok, Gyred, TempDir};
+use gyre_nvmf::host::{Controller, HostOptions, QueueState, ReconnectPolicy};
 use serde_json::Value;
 
 const NQN: &str = "nqn.2016-06.io.gyre:ctl";
+
+fn json(out: String) -> Value {
+    serde_json::from_str(&out).unwrap_or(Value::Null)
+}
 
 fn rpc(socket: &std::path::Path, method: &str, params: &str) -> Value {
     let out = gyrectl_ok(socket, &["--json", "rpc", method, params]);
@@ -44,28 +50,76 @@ fn subsystem_built_over_rpc_survives_save_and_restart() {
         &sock,
         &["bdev", "create", "malloc", "--name", "m0", "--size", "16M"],
     );
-    rpc(
+    gyrectl_ok(
         &sock,
-        "nvmf_create_subsystem",
-        &format!("{{\"nqn\":\"{NQN}\",\"allow_any_host\":true}}"),
+        &["nvmf", "subsystem", "create", NQN, "--allow-any-host"],
     );
-    let ns = rpc(
+    let ns = json(gyrectl_ok(
         &sock,
-        "nvmf_subsystem_add_ns",
-        &format!("{{\"nqn\":\"{NQN}\",\"bdev_name\":\"m0\"}}"),
-    );
+        &["--json", "nvmf", "ns", "add", NQN, "--bdev", "m0"],
+    ));
     assert_eq!(ns["nsid"], 1);
-    let l = rpc(
+    let l = json(gyrectl_ok(
         &sock,
-        "nvmf_subsystem_add_listener",
-        &format!("{{\"nqn\":\"{NQN}\",\"address\":\"127.0.0.1:0\"}}"),
-    );
+        &["--json", "nvmf", "listener", "add", NQN, "127.0.0.1:0"],
+    ));
     let addr = l["address"].as_str().expect("bound address").to_string();
     assert!(
         addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
         "{addr}"
     );
     icreq(&addr);
+
+    // A host connects: its controller is listed, and disconnecting it ends its queues.
+    let opts = HostOptions {
+        reconnect: ReconnectPolicy {
+            max_attempts: Some(0),
+            ..ReconnectPolicy::default()
+        },
+        ..HostOptions::default()
+    };
+    let sa: SocketAddr = addr.parse().unwrap();
+    let ctrl = Controller::connect(sa, NQN, &opts).expect("host connects");
+    let mut q = ctrl.connect_io_queue().expect("I/O queue");
+    let listed = json(gyrectl_ok(
+        &sock,
+        &["--json", "nvmf", "controller", "list", NQN],
+    ));
+    let list = listed.as_array().expect("controller list");
+    assert_eq!(list.len(), 1, "{listed}");
+    assert_eq!(list[0]["hostnqn"], opts.hostnqn.as_str());
+    assert_eq!(list[0]["io_queues"], 1);
+    assert_eq!(list[0]["ready"], true);
+    assert_eq!(list[0]["address"], addr.as_str());
+    let cntlid = list[0]["cntlid"].as_u64().expect("cntlid").to_string();
+    gyrectl_ok(
+        &sock,
+        &["nvmf", "controller", "disconnect", NQN, "--cntlid", &cntlid],
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while q.state() == QueueState::Connected {
+        q.poll(|_| {});
+        assert!(
+            Instant::now() < deadline,
+            "I/O queue still up after disconnect"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    while json(gyrectl_ok(&sock, &["--json", "nvmf", "controller", "list"])) != json("[]".into()) {
+        assert!(Instant::now() < deadline, "controller still listed");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop((q, ctrl));
+    let gone = gyrectl(
+        &sock,
+        &["nvmf", "controller", "disconnect", NQN, "--cntlid", "999"],
+    );
+    assert!(!gone.status.success());
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("no controller 999"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
 
     // The bdev is in use, and the error says by what.
     let out = gyrectl(&sock, &["bdev", "delete", "m0"]);
