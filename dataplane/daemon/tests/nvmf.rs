@@ -164,3 +164,89 @@ fn subsystem_built_over_rpc_survives_save_and_restart() {
     assert_eq!(again, listed, "the same export after restart");
     icreq(&addr);
 }
+
+#[test]
+fn metrics_count_connections_controllers_and_transport_errors() {
+    let dir = TempDir::new("nvmf-metrics");
+    let config = dir.path("gyred.json");
+    std::fs::write(&config, "{\"version\": 1, \"modules\": []}\n").unwrap();
+    let g = Gyred::start(
+        &dir.0,
+        &[
+            "--config",
+            config.to_str().unwrap(),
+            "--metrics",
+            "127.0.0.1:0",
+        ],
+    );
+    let sock = g.socket.clone();
+    gyrectl_ok(
+        &sock,
+        &["bdev", "create", "malloc", "--name", "m0", "--size", "16M"],
+    );
+    gyrectl_ok(
+        &sock,
+        &["nvmf", "subsystem", "create", NQN, "--allow-any-host"],
+    );
+    gyrectl_ok(&sock, &["nvmf", "ns", "add", NQN, "--bdev", "m0"]);
+    let l = json(gyrectl_ok(
+        &sock,
+        &["--json", "nvmf", "listener", "add", NQN, "127.0.0.1:0"],
+    ));
+    let addr = l["address"].as_str().expect("address").to_string();
+
+    // One host with an I/O queue (two connections), and one connection that sends garbage.
+    let sa: SocketAddr = addr.parse().unwrap();
+    let ctrl = Controller::connect(sa, NQN, &HostOptions::default()).expect("connect");
+    let _q = ctrl.connect_io_queue().expect("I/O queue");
+    let mut bad = TcpStream::connect(&addr).unwrap();
+    bad.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut garbage = [0u8; 24];
+    garbage[0] = 0x42;
+    garbage[2] = 24;
+    garbage[4] = 24;
+    bad.write_all(&garbage).unwrap();
+    let mut sink = Vec::new();
+    let _ = bad.read_to_end(&mut sink);
+    assert_eq!(sink.first(), Some(&0x03), "C2HTermReq for garbage");
+
+    // The garbage connection leaves the count once its reactor has retired it.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (samples, connections) = loop {
+        let samples = common::parse_openmetrics(&common::scrape(&g.metrics_addr()));
+        let connections: f64 = samples
+            .iter()
+            .filter(|s| s.name == "gyre_nvmf_connections")
+            .map(|s| s.value)
+            .sum();
+        if connections == 2.0 || Instant::now() > deadline {
+            break (samples, connections);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert_eq!(connections, 2.0, "admin and I/O queue connections");
+    assert_eq!(
+        common::sample(&samples, "gyre_nvmf_controllers", &[("subsystem", NQN)]),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::sample(&samples, "gyre_nvmf_connections_accepted_total", &[]),
+        Some(3.0)
+    );
+    assert_eq!(
+        common::sample(
+            &samples,
+            "gyre_nvmf_transport_errors_total",
+            &[("kind", "fatal")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        common::sample(
+            &samples,
+            "gyre_nvmf_transport_errors_total",
+            &[("kind", "data_digest")]
+        ),
+        Some(0.0)
+    );
+}

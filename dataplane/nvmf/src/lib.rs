@@ -15,7 +15,7 @@ pub use config::{
     validate_nqn, AnaState, ListenAddress, NamespaceConfig, SubsystemConfig, DEFAULT_PORT,
     DISCOVERY_NQN,
 };
-pub use target::{ControllerInfo, NvmfTarget, Subsystem, TransportOptions};
+pub use target::{ControllerInfo, NvmfTarget, Subsystem, TransportOptions, TransportStats};
 
 /// Errors of the target's control path.
 #[derive(Debug, thiserror::Error)]

@@ -501,8 +501,81 @@ impl Module for NvmfModule {
         hints
     }
 
+    fn register_metrics(&self, registry: &mut prometheus_client::registry::Registry) {
+        registry.register_collector(Box::new(NvmfCollector {
+            target: self.target.clone(),
+        }));
+    }
+
     fn shutdown(&self, deadline: Instant) {
         let left = deadline.saturating_duration_since(Instant::now());
         self.target.shutdown(left);
+    }
+}
+
+/// The target's connections per reactor, controllers per subsystem, and transport errors,
+/// read at scrape time.
+struct NvmfCollector {
+    target: NvmfTarget,
+}
+
+impl std::fmt::Debug for NvmfCollector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("NvmfCollector")
+    }
+}
+
+impl prometheus_client::collector::Collector for NvmfCollector {
+    fn encode(
+        &self,
+        mut enc: prometheus_client::encoding::DescriptorEncoder,
+    ) -> Result<(), std::fmt::Error> {
+        use prometheus_client::encoding::EncodeMetric;
+        use prometheus_client::metrics::counter::ConstCounter;
+        use prometheus_client::metrics::gauge::ConstGauge;
+        use prometheus_client::metrics::MetricType;
+
+        let mut m = enc.encode_descriptor(
+            "gyre_nvmf_connections",
+            "NVMe/TCP connections served by each reactor",
+            None,
+            MetricType::Gauge,
+        )?;
+        for (reactor, n) in self.target.connection_counts().into_iter().enumerate() {
+            let labels = [("reactor", reactor.to_string())];
+            ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+        }
+        let mut m = enc.encode_descriptor(
+            "gyre_nvmf_controllers",
+            "Controllers (host associations) of each subsystem",
+            None,
+            MetricType::Gauge,
+        )?;
+        for s in self.target.subsystems() {
+            let n = self.target.controllers(Some(&s.nqn)).map_or(0, |c| c.len());
+            let labels = [("subsystem", s.nqn.clone())];
+            ConstGauge::new(n as i64).encode(m.encode_family(&labels)?)?;
+        }
+        let stats = self.target.transport_stats();
+        let m = enc.encode_descriptor(
+            "gyre_nvmf_connections_accepted",
+            "NVMe/TCP connections accepted since start",
+            None,
+            MetricType::Counter,
+        )?;
+        ConstCounter::new(stats.connections_accepted).encode(m)?;
+        let mut m = enc.encode_descriptor(
+            "gyre_nvmf_transport_errors",
+            "NVMe/TCP errors: fatal (connection terminated) and data digest mismatches",
+            None,
+            MetricType::Counter,
+        )?;
+        for (kind, n) in [
+            ("fatal", stats.fatal_errors),
+            ("data_digest", stats.data_digest_errors),
+        ] {
+            ConstCounter::new(n).encode(m.encode_family(&[("kind", kind)])?)?;
+        }
+        Ok(())
     }
 }

@@ -42,6 +42,15 @@ pub struct ControllerInfo {
     pub ready: bool,
 }
 
+/// What [`NvmfTarget::transport_stats`] counts.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransportStats {
+    pub connections_accepted: u64,
+    /// Connections terminated for a protocol violation (C2HTermReq sent).
+    pub fatal_errors: u64,
+    pub data_digest_errors: u64,
+}
+
 /// Limits the TCP transport advertises and enforces.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TransportOptions {
@@ -101,6 +110,10 @@ pub(crate) struct TargetShared {
     next_cntlid: AtomicU16,
     next_port_id: AtomicU16,
     pub next_connection_id: AtomicU64,
+    /// Connections ended with a C2HTermReq (fatal transport errors).
+    pub fatal_errors: AtomicU64,
+    /// PDUs whose data digest did not match (their commands fail, the connection lives).
+    pub data_digest_errors: AtomicU64,
 }
 
 impl TargetShared {
@@ -206,6 +219,8 @@ impl NvmfTarget {
             next_cntlid: AtomicU16::new(0),
             next_port_id: AtomicU16::new(1),
             next_connection_id: AtomicU64::new(1),
+            fatal_errors: AtomicU64::new(0),
+            data_digest_errors: AtomicU64::new(0),
         });
         let _ = slot.set(Arc::downgrade(&shared));
         Ok(Self { shared })
@@ -518,6 +533,15 @@ impl NvmfTarget {
         tracing::info!(nqn, cntlid, host = %ctrl.hostnqn, "nvmf: controller disconnected by request");
         ctrl.fail("disconnected by request");
         Ok(())
+    }
+
+    /// Transport counters since start.
+    pub fn transport_stats(&self) -> TransportStats {
+        TransportStats {
+            connections_accepted: self.shared.next_connection_id.load(Ordering::Relaxed) - 1,
+            fatal_errors: self.shared.fatal_errors.load(Ordering::Relaxed),
+            data_digest_errors: self.shared.data_digest_errors.load(Ordering::Relaxed),
+        }
     }
 
     /// Connections per reactor.

@@ -506,6 +506,9 @@ impl TargetConnection {
                 let want = sg_data_digest(&self.slots[usize::from(slot)].buf, pdu_offset, pdu_len);
                 let ok = want == Some(u32::from_le_bytes(got));
                 if !ok {
+                    self.target
+                        .data_digest_errors
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     tracing::warn!(id = self.id, peer = %self.peer, "nvmf: data digest mismatch");
                 }
                 self.rx = Rx::Header;
@@ -1862,6 +1865,9 @@ impl TargetConnection {
 
     /// Sends a C2HTermReq for a fatal transport error, then closes.
     fn terminate(&mut self, error: PduError) {
+        self.target
+            .fatal_errors
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         tracing::warn!(
             id = self.id,
             peer = %self.peer,
