@@ -29,7 +29,7 @@ Targets:
         an iSCSI target (port 3260 by default, IPv6 hosts in brackets, CHAP with USER%SECRET),
         one session per connection
   nvmf://HOST:PORT/NQN[?ns=1&hdgst=1&ddgst=1]
-        NVMe/TCP (when this build has the NVMe/TCP host), one I/O queue per connection
+        NVMe/TCP (port 4420 by default, IPv6 hosts in brackets), one I/O queue per connection
 
 --verify stamps every written block with its LBA, a write generation and the seed (and fills
 the rest from them) and checks every read block that this run wrote: read patterns write the

@@ -16,6 +16,7 @@
 
 pub mod bdev;
 pub mod iscsi;
+pub mod nvmf;
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -151,9 +152,7 @@ pub fn with_target<R: TargetRunner>(
     match scheme {
         "bdev" => runner.run(Arc::new(bdev::BdevTarget::from_spec_text(rest, opts)?)),
         "iscsi" => runner.run(Arc::new(iscsi::IscsiTarget::connect(url, opts)?)),
-        "nvmf" => bail!(
-            "nvmf:// targets are not available in this build of gyre-perf (the NVMe/TCP host is not wired in yet)"
-        ),
+        "nvmf" => runner.run(Arc::new(nvmf::NvmfHostTarget::connect(url, opts)?)),
         other => bail!("invalid target '{url}': unknown scheme '{other}' (expected {SCHEMES})"),
     }
 }
@@ -187,8 +186,9 @@ mod tests {
             with_target("bdev:malloc:1M", &opts(), Kind).unwrap(),
             "bdev"
         );
-        let e = with_target("nvmf://127.0.0.1:4420/nqn.x", &opts(), Kind).unwrap_err();
-        assert!(e.to_string().contains("not available"), "{e}");
+        // A malformed NVMe/TCP URL is refused before any connection is tried.
+        let e = with_target("nvmf://127.0.0.1:0/nqn.x", &opts(), Kind).unwrap_err();
+        assert!(e.to_string().contains("port 0"), "{e}");
         for bad in ["", "malloc", "ftp://x/y", "bdev:floppy:1M"] {
             assert!(with_target(bad, &opts(), Kind).is_err(), "{bad}");
         }
