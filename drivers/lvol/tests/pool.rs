@@ -374,3 +374,124 @@ fn snapshot_chains_merge_when_middle_snapshots_are_deleted() {
         );
     }
 }
+
+/// A writer keeps rewriting blocks (each filled with its version number) from another
+/// reactor while snapshots are taken: every block of a snapshot holds a version acknowledged
+/// no earlier than before the snapshot began and submitted no later than when it returned,
+/// whole (never torn), and stays so while the origin moves on.
+#[test]
+fn snapshots_taken_under_writes_are_consistent_points_in_time() {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+    const BLOCKS: u64 = 64;
+    let e = env(16 << 20);
+    let pool = e.create();
+    pool.create_volume("v", 8 * CLUSTER, true).unwrap();
+    let acked: Arc<Vec<AtomicU64>> = Arc::new((0..BLOCKS).map(|_| AtomicU64::new(0)).collect());
+    let submitted: Arc<Vec<AtomicU64>> = Arc::new((0..BLOCKS).map(|_| AtomicU64::new(0)).collect());
+    let stop = Arc::new(AtomicBool::new(false));
+    let failed = Arc::new(AtomicBool::new(false));
+    let desc = Arc::new(e.reg.open("pool0/v", true, "writer", None).unwrap());
+    let (a, s, st, f, d) = (
+        acked.clone(),
+        submitted.clone(),
+        stop.clone(),
+        failed.clone(),
+        desc.clone(),
+    );
+    let (done_tx, done_rx) = crossbeam::channel::bounded(1);
+    e.io_reactor()
+        .send(move || {
+            let mut ch = d.channel().expect("channel");
+            let cache = global_pool().expect("pool").local();
+            let mut version = 0u64;
+            let mut next_block = 0u64;
+            let mut in_flight = 0;
+            local()
+                .expect("reactor")
+                .register_poller("writer", move || {
+                    let mut busy = false;
+                    while in_flight < 4 && !st.load(Ordering::Acquire) {
+                        version += 1;
+                        // Blocks spread over all clusters of the volume.
+                        let block = next_block % BLOCKS;
+                        next_block += 1;
+                        let lba = block * (8 * CLUSTER / BS / BLOCKS);
+                        let mut buf = cache.try_alloc(BS as usize).expect("buffer");
+                        let mut data = [0u8; BS as usize];
+                        for c in data.chunks_mut(8) {
+                            c.copy_from_slice(&version.to_le_bytes());
+                        }
+                        buf.copy_from_slice(&data);
+                        s[block as usize].store(version, Ordering::SeqCst);
+                        ch.submit(IoRequest::new(
+                            IoOp::Write,
+                            lba,
+                            1,
+                            buf,
+                            block << 32 | version,
+                        ));
+                        in_flight += 1;
+                        busy = true;
+                    }
+                    ch.poll(|c| {
+                        in_flight -= 1;
+                        if c.status.is_err() {
+                            f.store(true, Ordering::SeqCst);
+                        }
+                        let block = (c.req.tag >> 32) as usize;
+                        a[block].fetch_max(c.req.tag & 0xFFFF_FFFF, Ordering::SeqCst);
+                    });
+                    if st.load(Ordering::Acquire) && in_flight == 0 {
+                        let _ = done_tx.send(());
+                        return PollStatus::Done;
+                    }
+                    if busy {
+                        PollStatus::Busy
+                    } else {
+                        PollStatus::Idle
+                    }
+                });
+        })
+        .expect("send");
+    let version_of = |data: &[u8]| -> u64 {
+        let v = u64::from_le_bytes(data[..8].try_into().unwrap());
+        assert!(data.chunks(8).all(|c| c == v.to_le_bytes()), "torn block");
+        v
+    };
+    let mut snaps = Vec::new();
+    for round in 0..5 {
+        std::thread::sleep(Duration::from_millis(30));
+        let lo: Vec<u64> = acked.iter().map(|x| x.load(Ordering::SeqCst)).collect();
+        let name = format!("snap{round}");
+        pool.snapshot("v", &name).unwrap();
+        let hi: Vec<u64> = submitted.iter().map(|x| x.load(Ordering::SeqCst)).collect();
+        let mut seen = Vec::new();
+        for b in 0..BLOCKS {
+            let lba = b * (8 * CLUSTER / BS / BLOCKS);
+            let v = version_of(&e.read(&format!("pool0/{name}"), lba, 1));
+            assert!(
+                lo[b as usize] <= v && v <= hi[b as usize],
+                "{name} block {b}: version {v} outside [{}, {}]",
+                lo[b as usize],
+                hi[b as usize]
+            );
+            seen.push(v);
+        }
+        snaps.push((name, seen));
+    }
+    stop.store(true, Ordering::Release);
+    done_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("writer stops");
+    assert!(!failed.load(Ordering::SeqCst), "a write failed");
+    assert!(acked.iter().all(|x| x.load(Ordering::SeqCst) > 0));
+    // The snapshots did not move while the origin went on.
+    for (name, seen) in snaps {
+        for b in 0..BLOCKS {
+            let lba = b * (8 * CLUSTER / BS / BLOCKS);
+            let v = version_of(&e.read(&format!("pool0/{name}"), lba, 1));
+            assert_eq!(v, seen[b as usize], "{name} block {b} changed");
+        }
+    }
+}
