@@ -496,6 +496,10 @@ impl Module for NvmfModule {
                     addr.trsvcid(),
                     s.nqn
                 ));
+                hints.push(format!(
+                    "NVMe/TCP load test: gyre-perf run nvmf://{}/{} --rw randread --qd 32 --time 10s",
+                    addr.0, s.nqn
+                ));
             }
         }
         hints
