@@ -19,8 +19,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use gyre_bdev::{
-    Bdev, BdevChannel, BdevError, BdevInfo, IoChannelBackend, IoCompletion, IoError, IoOp,
-    IoRequest, IoStatus, IoTypes,
+    Bdev, BdevError, BdevInfo, IoChannelBackend, IoCompletion, IoError, IoOp, IoRequest, IoStatus,
+    IoTypes,
 };
 use gyre_reactor::{global_pool, local, PoolCache, SgList};
 
@@ -68,33 +68,42 @@ impl Bdev for VolumeBdev {
     }
 
     fn create_channel(self: Arc<Self>) -> Result<Box<dyn IoChannelBackend>, BdevError> {
-        let base = self.pool.base.channel()?;
+        // The base's backend directly: requests reaching it were checked against the volume
+        // and translated inside the pool's clusters, so a second checked channel (with its
+        // clock reads and statistics) would only add cost.
+        if self.pool.base.info().is_removed() {
+            return Err(BdevError::NotFound(
+                self.pool.base.info().name().to_string(),
+            ));
+        }
+        let base = self.pool.base.bdev().clone().create_channel()?;
         let (map, generation) = self.vol.current();
         let sb = &self.pool.sb;
         let bs = sb.block_size as u64;
         Ok(Box::new(VolumeChannel {
-            writes: self.vol.register_writer(),
-            vol: self.vol.clone(),
-            pool: self.pool.clone(),
-            map,
-            generation,
             base,
-            replies: Arc::new(ReplyQueue {
-                queue: Default::default(),
-                waker: local().map(|l| l.handle()),
-            }),
-            slots: Vec::with_capacity(64),
-            free_slots: Vec::with_capacity(64),
-            waiting: Vec::new(),
-            deferred: VecDeque::new(),
             ready: VecDeque::with_capacity(64),
-            base_done: Vec::with_capacity(64),
-            cache: global_pool().ok().map(|p| p.local()),
-            block_size: bs,
-            cluster_blocks: sb.cluster_size / bs,
-            data_lba: sb.data_offset / bs,
-            next_token: 0,
-            open_slots: 0,
+            st: State {
+                writes: self.vol.register_writer(),
+                vol: self.vol.clone(),
+                pool: self.pool.clone(),
+                map,
+                generation,
+                replies: Arc::new(ReplyQueue {
+                    queue: Default::default(),
+                    waker: local().map(|l| l.handle()),
+                }),
+                slots: Vec::with_capacity(64),
+                free_slots: Vec::with_capacity(64),
+                waiting: Vec::new(),
+                deferred: VecDeque::new(),
+                cache: global_pool().ok().map(|p| p.local()),
+                block_size: bs,
+                cluster_blocks: sb.cluster_size / bs,
+                data_lba: sb.data_offset / bs,
+                next_token: 0,
+                open_slots: 0,
+            },
         }))
     }
 }
@@ -109,7 +118,7 @@ struct Slot {
     status: IoStatus,
     /// Whether the request went down whole (its own buffers) rather than in pieces.
     whole: bool,
-    /// The caller's request while its pieces run (pieces mode), or once it came back (whole).
+    /// The caller's request while its pieces run (pieces mode only).
     parent: Option<IoRequest>,
 }
 
@@ -131,20 +140,28 @@ enum Ask {
     Release,
 }
 
+/// Where finished requests go: straight to the caller inside `poll`, to a queue inside
+/// `submit` (which must not complete anything itself).
+type Out<'a> = &'a mut dyn FnMut(IoCompletion);
+
 struct VolumeChannel {
+    base: Box<dyn IoChannelBackend>,
+    /// Requests finished during `submit`, handed over at the next `poll`.
+    ready: VecDeque<IoCompletion>,
+    st: State,
+}
+
+struct State {
     vol: Arc<VolumeShared>,
     pool: Arc<PoolShared>,
     map: Arc<PublishedMap>,
     generation: u64,
-    base: BdevChannel,
     writes: Arc<AtomicU64>,
     replies: Arc<ReplyQueue>,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
     waiting: Vec<(u64, Ask, Piece)>,
     deferred: VecDeque<Piece>,
-    ready: VecDeque<IoCompletion>,
-    base_done: Vec<IoCompletion>,
     cache: Option<PoolCache>,
     block_size: u64,
     cluster_blocks: u64,
@@ -171,7 +188,7 @@ fn modifies(op: IoOp) -> bool {
     matches!(op, IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap)
 }
 
-impl VolumeChannel {
+impl State {
     fn slot_of(&mut self, req: &IoRequest, whole: bool) -> u32 {
         let s = Slot {
             tag: req.tag,
@@ -240,7 +257,8 @@ impl VolumeChannel {
     }
 
     /// Looks a piece up and sends it on its way.
-    fn start(&mut self, mut p: Piece) {
+    #[inline]
+    fn start(&mut self, mut p: Piece, base: &mut dyn IoChannelBackend, out: Out<'_>) {
         if !self.prepare(&mut p) {
             self.deferred.push_back(p);
             return;
@@ -256,23 +274,23 @@ impl VolumeChannel {
                 count: p.blocks,
                 num_blocks: self.map.entries.len() as u64 * cb,
             };
-            return self.finish(p, Err(e));
+            return self.finish(p, Err(e), out);
         };
         match op {
             IoOp::Read => {
                 let e = entry.load(Ordering::Acquire);
                 if e == UNALLOCATED {
                     self.zero_fill(&mut p);
-                    self.finish(p, Ok(()));
+                    self.finish(p, Ok(()), out);
                 } else {
-                    self.submit_base(p, e & !EXCLUSIVE, within);
+                    self.submit_base(p, e & !EXCLUSIVE, within, base, out);
                 }
             }
             IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap => {
                 if op != IoOp::Write {
                     let e = entry.load(Ordering::Acquire);
                     if e == UNALLOCATED {
-                        return self.finish(p, Ok(()));
+                        return self.finish(p, Ok(()), out);
                     }
                     if within == 0 && p.blocks == cb && self.vol.thin {
                         return self.ask(Ask::Release, index, p);
@@ -287,23 +305,31 @@ impl VolumeChannel {
                             r.op = IoOp::WriteZeroes;
                         }
                     }
-                    self.submit_base(p, e & !EXCLUSIVE, within);
+                    self.submit_base(p, e & !EXCLUSIVE, within, base, out);
                 } else {
                     self.writes.fetch_sub(1, Ordering::Release);
                     self.ask(Ask::Alloc, index, p);
                 }
             }
-            _ => self.finish(p, Err(IoError::Unsupported(op))),
+            _ => self.finish(p, Err(IoError::Unsupported(op)), out),
         }
     }
 
-    fn submit_base(&mut self, mut p: Piece, phys: u32, within: u64) {
+    #[inline]
+    fn submit_base(
+        &mut self,
+        mut p: Piece,
+        phys: u32,
+        within: u64,
+        base: &mut dyn IoChannelBackend,
+        out: Out<'_>,
+    ) {
         let Some(mut req) = p.req.take() else {
-            return self.finish(p, Err(IoError::Aborted));
+            return self.finish(p, Err(IoError::Aborted), out);
         };
         req.offset_blocks = self.data_lba + phys as u64 * self.cluster_blocks + within;
         req.tag = (p.slot as u64) << 32 | p.pos;
-        self.base.submit(req);
+        base.submit(req);
     }
 
     fn zero_fill(&mut self, p: &mut Piece) {
@@ -342,27 +368,25 @@ impl VolumeChannel {
         });
     }
 
-    /// A piece is done (locally, or its base request came back as `req`).
-    fn finish(&mut self, p: Piece, status: IoStatus) {
-        self.part_done(p.slot, status, p.req);
+    /// A piece is done without the base (its request, if any, is in the piece).
+    fn finish(&mut self, p: Piece, status: IoStatus, out: Out<'_>) {
+        self.part_done(p.slot, status, p.req, out);
     }
 
-    fn part_done(&mut self, slot: u32, status: IoStatus, req: Option<IoRequest>) {
+    /// One piece of `slot` finished; `req` is the caller's request in whole mode.
+    #[inline]
+    fn part_done(&mut self, slot: u32, status: IoStatus, req: Option<IoRequest>, out: Out<'_>) {
         let s = &mut self.slots[slot as usize];
         if s.status.is_ok() {
             s.status = status;
-        }
-        if s.whole {
-            if let Some(r) = req {
-                s.parent = Some(r);
-            }
         }
         s.remaining -= 1;
         if s.remaining > 0 {
             return;
         }
         let status = s.status;
-        let Some(mut req) = s.parent.take() else {
+        let req = if s.whole { req } else { s.parent.take() };
+        let Some(mut req) = req else {
             return;
         };
         req.op = s.op;
@@ -370,20 +394,23 @@ impl VolumeChannel {
         req.tag = s.tag;
         self.free_slots.push(slot);
         self.open_slots -= 1;
-        self.ready.push_back(IoCompletion { status, req });
+        out(IoCompletion { status, req });
     }
 
-    fn base_completion(&mut self, c: IoCompletion) {
+    #[inline]
+    fn base_completion(&mut self, c: IoCompletion, out: Out<'_>) {
         let slot = (c.req.tag >> 32) as u32;
         let pos = c.req.tag & 0xFFFF_FFFF;
         let Some(s) = self.slots.get(slot as usize) else {
             return;
         };
         if modifies(s.op) {
-            self.writes.fetch_sub(1, Ordering::Release);
+            // Only this channel writes its counter: a plain store is enough to decrement.
+            let n = self.writes.load(Ordering::Relaxed);
+            self.writes.store(n.saturating_sub(1), Ordering::Release);
         }
         if s.whole {
-            return self.part_done(slot, c.status, Some(c.req));
+            return self.part_done(slot, c.status, Some(c.req), out);
         }
         if s.op == IoOp::Read && c.status.is_ok() {
             let bs = self.block_size as usize;
@@ -393,17 +420,24 @@ impl VolumeChannel {
             }
         }
         // The pool buffers of the piece go back with `c`.
-        self.part_done(slot, c.status, None);
+        self.part_done(slot, c.status, None, out);
     }
 }
 
 impl IoChannelBackend for VolumeChannel {
     fn submit(&mut self, req: IoRequest) {
-        let cb = self.cluster_blocks;
+        let st = &mut self.st;
+        let ready = &mut self.ready;
+        let out = &mut |c| ready.push_back(c);
+        let cb = st.cluster_blocks;
+        if st.pool.base.info().is_removed() {
+            let slot = st.slot_of(&req, true);
+            return st.part_done(slot, Err(IoError::Removed), Some(req), out);
+        }
         if req.op == IoOp::Flush {
             // Metadata is durable before any write that depends on it completes, so a flush
             // of the base makes every completed write durable.
-            let slot = self.slot_of(&req, true);
+            let slot = st.slot_of(&req, true);
             let mut req = req;
             req.tag = (slot as u64) << 32;
             self.base.submit(req);
@@ -412,7 +446,7 @@ impl IoChannelBackend for VolumeChannel {
         let first = req.offset_blocks / cb;
         let last = (req.offset_blocks + req.num_blocks.max(1) - 1) / cb;
         if first == last {
-            let slot = self.slot_of(&req, true);
+            let slot = st.slot_of(&req, true);
             let p = Piece {
                 slot,
                 pos: 0,
@@ -420,13 +454,13 @@ impl IoChannelBackend for VolumeChannel {
                 blocks: req.num_blocks,
                 req: Some(req),
             };
-            self.start(p);
+            st.start(p, &mut *self.base, out);
             return;
         }
-        let slot = self.slot_of(&req, false);
+        let slot = st.slot_of(&req, false);
         let (lba, end) = (req.offset_blocks, req.offset_blocks + req.num_blocks);
-        self.slots[slot as usize].remaining = (last - first + 1) as u32;
-        self.slots[slot as usize].parent = Some(req);
+        st.slots[slot as usize].remaining = (last - first + 1) as u32;
+        st.slots[slot as usize].parent = Some(req);
         let mut at = lba;
         while at < end {
             let stop = ((at / cb + 1) * cb).min(end);
@@ -437,51 +471,48 @@ impl IoChannelBackend for VolumeChannel {
                 blocks: stop - at,
                 req: None,
             };
-            self.start(p);
+            st.start(p, &mut *self.base, out);
             at = stop;
         }
     }
 
     fn poll(&mut self, done: &mut dyn FnMut(IoCompletion)) -> usize {
-        while let Some((token, status)) = self.replies.queue.pop() {
-            let Some(i) = self.waiting.iter().position(|(t, _, _)| *t == token) else {
+        let mut n = 0;
+        let mut out = |c| {
+            n += 1;
+            done(c)
+        };
+        while let Some(c) = self.ready.pop_front() {
+            out(c);
+        }
+        let st = &mut self.st;
+        while let Some((token, status)) = st.replies.queue.pop() {
+            let Some(i) = st.waiting.iter().position(|(t, _, _)| *t == token) else {
                 continue;
             };
-            let (_, kind, p) = self.waiting.swap_remove(i);
+            let (_, kind, p) = st.waiting.swap_remove(i);
             match (kind, status) {
-                (Ask::Alloc, Ok(())) => self.start(p),
-                (_, status) => self.finish(p, status),
+                (Ask::Alloc, Ok(())) => st.start(p, &mut *self.base, &mut out),
+                (_, status) => st.finish(p, status, &mut out),
             }
         }
-        for _ in 0..self.deferred.len() {
-            match self.deferred.pop_front() {
-                Some(p) => self.start(p),
+        for _ in 0..st.deferred.len() {
+            match st.deferred.pop_front() {
+                Some(p) => st.start(p, &mut *self.base, &mut out),
                 None => break,
             }
         }
-        let list = &mut self.base_done;
-        self.base.poll(|c| list.push(c));
-        let mut list = std::mem::take(&mut self.base_done);
-        for c in list.drain(..) {
-            self.base_completion(c);
-        }
-        self.base_done = list;
-        let n = self.ready.len();
-        for _ in 0..n {
-            if let Some(c) = self.ready.pop_front() {
-                done(c);
-            }
-        }
+        self.base.poll(&mut |c| st.base_completion(c, &mut out));
         n
     }
 
     fn in_flight(&self) -> usize {
-        self.open_slots + self.ready.len()
+        self.st.open_slots + self.ready.len()
     }
 }
 
 impl Drop for VolumeChannel {
     fn drop(&mut self) {
-        self.vol.unregister_writer(&self.writes);
+        self.st.vol.unregister_writer(&self.st.writes);
     }
 }
