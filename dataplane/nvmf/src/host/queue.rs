@@ -541,14 +541,26 @@ impl<B: DataBuffer> QueuePair<B> {
         if self.dead.is_some() {
             return false;
         }
-        let late = self.slots.iter().any(|s| {
+        let late = self.slots.iter().position(|s| {
             matches!(s.state, SlotState::InFlight | SlotState::AwaitTx)
                 && now_ticks.saturating_sub(s.submitted_at) > limit_ticks
         });
-        if late {
+        if let Some(cid) = late {
+            let s = &self.slots[cid];
+            tracing::warn!(
+                peer = %self.peer,
+                cid,
+                state = ?s.state,
+                transfer = ?s.transfer,
+                received = s.received,
+                requested = s.requested,
+                tx_pending = s.tx_pending,
+                outstanding = self.outstanding(),
+                "nvmf host: command timed out; dropping the connection"
+            );
             self.fail(TransportError::Timeout);
         }
-        late
+        late.is_some()
     }
 
     /// Closes the connection; commands in flight complete (at the next poll) with
