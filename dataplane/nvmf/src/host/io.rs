@@ -8,6 +8,10 @@
 //! after the target restarted (the admin queue's owner builds it; the queue notices the new
 //! generation). Commands submitted while disconnected complete at the next poll with
 //! [`CommandError::NotConnected`]; submission never completes anything inline.
+//!
+//! A reconnection attempt (TCP connect, ICReq, Fabrics Connect) runs inside `poll` and blocks
+//! the polling thread for at most the connect timeout; attempts are spaced by the back-off, so
+//! a reactor pays this only while its target is unreachable.
 
 use std::collections::VecDeque;
 use std::os::fd::{AsRawFd, RawFd};
