@@ -27,7 +27,7 @@ fn run(
     ready: &mut Vec<usize>,
     ios: u64,
 ) {
-    let size = |slot: usize| if slot % 2 == 0 { 1u32 } else { 16 };
+    let size = |slot: usize| if slot.is_multiple_of(2) { 1u32 } else { 16 };
     ready.clear();
     ready.extend(0..QD);
     let mut done = 0u64;
@@ -39,7 +39,7 @@ fn run(
             let slba = (slot as u64) * 16;
             let nlb = size(slot);
             round += 1;
-            let r = if (round + slot as u64) % 2 == 0 {
+            let r = if (round + slot as u64).is_multiple_of(2) {
                 q.submit_write(ns, slba, nlb, buf, slot as u64)
             } else {
                 q.submit_read(ns, slba, nlb, buf, slot as u64)
