@@ -532,3 +532,34 @@ fn io_queue_reconnects_to_a_new_association() {
     assert!(saw_error, "the loss was visible to I/O");
     assert_ne!(ctrl.info().cntlid, first);
 }
+
+#[test]
+fn connects_over_ipv6() {
+    if std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback here; skipping");
+        return;
+    }
+    let s = setup(true, &[]);
+    let p = pools();
+    let v6 = s
+        .target
+        .add_listener(NQN, "[::1]:0".parse::<ListenAddress>().unwrap())
+        .unwrap();
+    assert!(v6.0.is_ipv6());
+    let mut ctrl = Controller::connect(v6.0, NQN, &options()).expect("connect over IPv6");
+    let ns = ctrl.identify_namespace(1).unwrap().handle();
+    let mut q = ctrl.connect_io_queue().unwrap();
+    let data = pattern(61, 8192);
+    write(&mut q, ns, &p, 40, &data, true);
+    assert_eq!(read(&mut q, ns, &p, 40, 8192, false), data);
+    // Discovery over IPv6 reports the IPv6 listener with its address family.
+    let log = gyre_nvmf::host::discover(v6.0, &options()).unwrap();
+    let e = log
+        .entries
+        .iter()
+        .find(|e| e.subtype == subtype::NVME && e.adrfam == 2)
+        .expect("an IPv6 entry");
+    assert_eq!(e.socket_addr(), Some(v6.0));
+    drop(q);
+    ctrl.disconnect().unwrap();
+}
