@@ -3,10 +3,12 @@
 //!
 //! - Data-In payload is received straight into the command's buffer at the PDU's Buffer
 //!   Offset: once a Data-In header is in, the rest of its payload is read with one `readv`
-//!   over the buffer, the padding/digest trailer and room for exactly the next header, so a
-//!   stream of Data-In PDUs is never copied. Headers and small PDUs (responses, R2Ts, NOP-Ins)
-//!   are read greedily into a staging buffer; payload bytes that happen to arrive in the
-//!   staging buffer with them are copied from there (counted in [`RxStats::copied`]).
+//!   over the buffer, the padding/digest trailer and room for exactly the next two headers
+//!   (the next Data-In's, or a SCSI Response's and the next Data-In's), so a stream of reads
+//!   is received without copies and with about one system call per PDU. Other PDUs
+//!   (responses, R2Ts, NOP-Ins) are read into a staging buffer, greedily when no payload has
+//!   been seen for a few PDUs (many per call), two headers at a time otherwise; payload that
+//!   still arrives in staging with them is copied out (counted in [`DataPathStats::copied`]).
 //! - Command PDUs, immediate data and Data-Out are queued as iovecs in a `gyre-net`
 //!   [`SendQueue`]: headers from per-slot storage, payload straight from the caller's buffer;
 //!   everything queued leaves with one `sendmsg` per [`DataPathConnection::poll`].
@@ -109,12 +111,14 @@ pub enum DataSubmitError {
     Failed,
 }
 
-/// Where received bytes went, for proof and tuning: payload read straight into buffers, and
-/// payload copied from the staging buffer.
+/// Where received payload went (read straight into buffers, or copied from the staging
+/// buffer), and how often the CmdSN window held a command back: for proof and tuning.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct RxStats {
+pub struct DataPathStats {
     pub direct: u64,
     pub copied: u64,
+    /// Commands that had to wait for the CmdSN window.
+    pub window_waits: u64,
 }
 
 /// Header storage of one PDU of a slot: BHS + header digest, and the data digest.
@@ -167,6 +171,9 @@ const IOV_PER_PDU: usize = 8;
 /// Segments of a buffer read into with one `readv` at most (the rest on the next one).
 const MAX_RX_SEGMENTS: usize = 6;
 
+/// Header reads stay short while a Data-In with payload was among the last this many PDUs.
+const DATA_STREAK: u32 = 4;
+
 static ZERO_PAD: [u8; 4] = [0; 4];
 
 struct ControlPdu {
@@ -214,7 +221,9 @@ pub struct DataPathConnection {
     rx_end: usize,
     rx: RxState,
     trailer: [u8; 8],
-    rx_stats: RxStats,
+    stats: DataPathStats,
+    /// PDUs other than Data-In with payload since the last one (steers header reads).
+    pdus_since_data: u32,
     max_transfer: usize,
     failed: bool,
     logged_out: bool,
@@ -260,6 +269,24 @@ impl DataPathConnection {
         max_transfer: usize,
     ) -> Result<Self, InitiatorError> {
         let (conn, params, (cmd_sn, exp_stat_sn, max_cmd_sn), queue_depth) = ini.into_parts()?;
+        Ok(Self::new(
+            conn,
+            params,
+            (cmd_sn, exp_stat_sn, max_cmd_sn),
+            queue_depth,
+            max_transfer,
+        ))
+    }
+
+    /// A data path over `conn`, already in the Full Feature Phase with the negotiated
+    /// `params` and (CmdSN, ExpStatSN, MaxCmdSN) `sequence`.
+    pub fn new(
+        conn: TcpConnection,
+        params: SessionParams,
+        (cmd_sn, exp_stat_sn, max_cmd_sn): (u32, u32, u32),
+        queue_depth: u16,
+        max_transfer: usize,
+    ) -> Self {
         let qd = usize::from(queue_depth.max(1));
         let target_mrdsl = params.target_max_recv_data_segment_length.max(512) as usize;
         // Data-Out PDUs of one command in one poll: the whole transfer in MRDSL pieces plus
@@ -294,7 +321,7 @@ impl DataPathConnection {
             header: params.header_digest,
             data: params.data_digest,
         };
-        Ok(DataPathConnection {
+        DataPathConnection {
             conn,
             digests,
             cmd_sn,
@@ -312,17 +339,22 @@ impl DataPathConnection {
             rx_end: 0,
             rx: RxState::Header,
             trailer: [0; 8],
-            rx_stats: RxStats::default(),
+            stats: DataPathStats::default(),
+            pdus_since_data: DATA_STREAK,
             max_transfer,
             failed: false,
             logged_out: false,
             logout_requested: false,
             params,
-        })
+        }
     }
 
     pub fn params(&self) -> &SessionParams {
         &self.params
+    }
+
+    fn header_len(&self) -> usize {
+        BHS_LEN + if self.digests.header { DIGEST_LEN } else { 0 }
     }
 
     /// The socket, to wake a sleeping reactor when data arrives.
@@ -339,8 +371,8 @@ impl DataPathConnection {
         self.slots.len() - self.free.len()
     }
 
-    pub fn rx_stats(&self) -> RxStats {
-        self.rx_stats
+    pub fn stats(&self) -> DataPathStats {
+        self.stats
     }
 
     pub fn is_failed(&self) -> bool {
@@ -403,6 +435,9 @@ impl DataPathConnection {
         slot.pdus_used = 0;
         slot.unsent = 0;
         slot.done = None;
+        if !self.window_open() {
+            self.stats.window_waits += 1;
+        }
         self.queued.push_back(index);
         self.send_queued();
         Ok(())
@@ -783,9 +818,19 @@ impl DataPathConnection {
                             "PDU larger than the staging buffer",
                         ));
                     }
-                    match self.conn.recv(&mut self.staging[self.rx_end..])? {
+                    // While Data-In payloads stream in, read at most the next two headers so
+                    // that payload is not pulled into staging (and copied); otherwise read
+                    // greedily (many small PDUs per call).
+                    let end = if self.pdus_since_data < DATA_STREAK {
+                        (self.rx_end + 2 * self.header_len()).min(self.staging.len())
+                    } else {
+                        self.staging.len()
+                    };
+                    match self.conn.recv(&mut self.staging[self.rx_end..end])? {
                         Recv::Data(n) => self.rx_end += n,
                         Recv::WouldBlock => return Ok(()),
+                        // After a Logout Response the target closes: that is the end.
+                        Recv::Closed if self.logged_out => return Ok(()),
                         Recv::Closed => return Err(DataPathError::Closed),
                     }
                 }
@@ -855,6 +900,9 @@ impl DataPathConnection {
             } else {
                 None
             };
+            if layout.data_len > 0 {
+                self.pdus_since_data = 0;
+            }
             self.rx = RxState::Data {
                 slot: index as u16,
                 pdu_offset: offset,
@@ -888,6 +936,7 @@ impl DataPathConnection {
         let (bhs, n) = parsed;
         let data_start = start + layout.header_len();
         self.rx_start += n;
+        self.pdus_since_data = self.pdus_since_data.saturating_add(1);
         self.handle(bhs, data_start, layout.data_len)?;
         Ok(true)
     }
@@ -920,7 +969,7 @@ impl DataPathConnection {
             }
             *left -= n;
             self.rx_start += n;
-            self.rx_stats.copied += n as u64;
+            self.stats.copied += n as u64;
         }
         if *left == 0 {
             let t = (self.rx_end - self.rx_start).min(*trailer_left);
@@ -952,8 +1001,9 @@ impl DataPathConnection {
                 self.rx_start = 0;
                 self.rx_end = 0;
             }
-            let next_header = BHS_LEN + if self.digests.header { DIGEST_LEN } else { 0 };
-            let room_end = (self.rx_end + next_header).min(self.staging.len());
+            // Room for the next two headers: a Data-In's, or a SCSI Response's and the next
+            // Data-In's (targets that do not collapse the status into the last Data-In).
+            let room_end = (self.rx_end + 2 * self.header_len()).min(self.staging.len());
             let got = {
                 let mut iov: [IoSliceMut<'_>; MAX_RX_SEGMENTS + 2] =
                     std::array::from_fn(|_| IoSliceMut::new(&mut []));
@@ -1005,7 +1055,7 @@ impl DataPathConnection {
             let d = n.min(data_room);
             let t = (n - d).min(trailer_room);
             let h = n - d - t;
-            self.rx_stats.direct += d as u64;
+            self.stats.direct += d as u64;
             self.rx_end += h;
             if let RxState::Data {
                 left: ref mut l,
@@ -1179,7 +1229,12 @@ impl DataPathConnection {
                 if this.failed {
                     return Err(DataPathError::Closed);
                 }
-                if this.poll(&mut *done)? == 0 {
+                let moved = match this.poll(&mut *done) {
+                    Ok(n) => n,
+                    Err(_) if until(this) => return Ok(()),
+                    Err(e) => return Err(e),
+                };
+                if moved == 0 {
                     if Instant::now() > deadline {
                         return Err(DataPathError::Timeout);
                     }
@@ -1202,5 +1257,394 @@ impl DataPathConnection {
         self.conn.shutdown();
         self.failed = true;
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::bhs::{DataIn, R2t, ScsiResponse};
+    use crate::framing::encode_pdu;
+    use gyre_reactor::{BufferPool, ClassConfig, PoolConfig};
+    use std::io::{Read, Write};
+    use std::net::TcpStream;
+
+    const T: Duration = Duration::from_secs(10);
+
+    /// The initiator's data path and the fake target's end of a loopback connection.
+    fn pair(params: SessionParams, max_cmd_sn: u32) -> (DataPathConnection, TcpStream) {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let ini = TcpConnection::connect(l.local_addr().unwrap(), T).unwrap();
+        let (peer, _) = l.accept().unwrap();
+        peer.set_nonblocking(true).unwrap();
+        (
+            DataPathConnection::new(ini, params, (1, 1, max_cmd_sn), 4, 1 << 20),
+            peer,
+        )
+    }
+
+    fn params(digests: bool) -> SessionParams {
+        SessionParams {
+            header_digest: digests,
+            data_digest: digests,
+            target_max_recv_data_segment_length: 4096,
+            initiator_max_recv_data_segment_length: 65536,
+            first_burst_length: 8192,
+            immediate_data: true,
+            initial_r2t: true,
+            ..SessionParams::default()
+        }
+    }
+
+    fn pool() -> BufferPool {
+        BufferPool::new(&PoolConfig {
+            classes: vec![ClassConfig {
+                size: 64 * 1024,
+                count: 8,
+            }],
+            prefer_hugepages: false,
+        })
+        .unwrap()
+    }
+
+    struct Peer {
+        stream: TcpStream,
+        rx: Vec<u8>,
+        digests: Digests,
+    }
+
+    impl Peer {
+        /// Polls the initiator until the target side has read one whole PDU.
+        fn read_pdu(
+            &mut self,
+            ini: &mut DataPathConnection,
+            done: &mut Vec<DataCompletion>,
+        ) -> (Bhs, Vec<u8>) {
+            let deadline = Instant::now() + T;
+            loop {
+                if let Parsed::Complete(p, n) = parse_pdu(&self.rx, self.digests, 1 << 20).unwrap()
+                {
+                    let out = (p.bhs, p.data.to_vec());
+                    self.rx.drain(..n);
+                    return out;
+                }
+                let _ = ini.poll(|c| done.push(c));
+                let mut chunk = [0u8; 65536];
+                match self.stream.read(&mut chunk) {
+                    Ok(0) => panic!("initiator closed"),
+                    Ok(n) => self.rx.extend_from_slice(&chunk[..n]),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => panic!("{e}"),
+                }
+                assert!(Instant::now() < deadline, "no PDU from the initiator");
+            }
+        }
+
+        fn send(&mut self, body: BhsBody, data: &[u8]) {
+            let mut wire = Vec::new();
+            encode_pdu(&Bhs::new(body), &[], data, self.digests, &mut wire).unwrap();
+            self.stream.set_nonblocking(false).unwrap();
+            self.stream.write_all(&wire).unwrap();
+            self.stream.set_nonblocking(true).unwrap();
+        }
+    }
+
+    fn wait_done(ini: &mut DataPathConnection, done: &mut Vec<DataCompletion>, n: usize) {
+        let deadline = Instant::now() + T;
+        while done.len() < n {
+            let _ = ini.poll(|c| done.push(c));
+            assert!(Instant::now() < deadline, "commands did not complete");
+        }
+    }
+
+    fn response(itt: u32, stat_sn: u32, max_cmd_sn: u32) -> BhsBody {
+        BhsBody::ScsiResponse(ScsiResponse {
+            bidi_read_overflow: false,
+            bidi_read_underflow: false,
+            overflow: false,
+            underflow: false,
+            response: ScsiResponseCode::CommandCompleted,
+            status: 0,
+            itt,
+            snack_tag: 0,
+            stat_sn,
+            exp_cmd_sn: 0,
+            max_cmd_sn,
+            exp_data_sn: 0,
+            bidi_read_residual_count: 0,
+            residual_count: 0,
+        })
+    }
+
+    fn pattern(seed: u8, len: usize) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    #[test]
+    fn reads_land_in_the_buffer_at_their_offsets() {
+        for digests in [false, true] {
+            let (mut ini, stream) = pair(params(digests), 100);
+            let mut peer = Peer {
+                stream,
+                rx: Vec::new(),
+                digests: Digests {
+                    header: digests,
+                    data: digests,
+                },
+            };
+            let pool = pool();
+            let cache = pool.local();
+            let mut done = Vec::new();
+            for (round, seed) in [(0u32, 7u8), (1, 9)] {
+                let buf = cache.try_alloc(65536).unwrap();
+                ini.submit(
+                    Lun::from_index(1),
+                    &[0x88; 16],
+                    DataDirection::Read,
+                    buf,
+                    65536,
+                    40 + u64::from(round),
+                )
+                .unwrap();
+                let (bhs, _) = peer.read_pdu(&mut ini, &mut done);
+                let BhsBody::ScsiCommand(c) = bhs.body else {
+                    panic!("{bhs:?}")
+                };
+                assert!(c.read && c.final_);
+                assert_eq!(
+                    (c.expected_data_transfer_length, c.cmd_sn),
+                    (65536, 1 + round)
+                );
+                let data = pattern(seed, 65536);
+                // Second half first, then the first half; status in a separate response.
+                for (sn, off) in [(0u32, 32768usize), (1, 0)] {
+                    peer.send(
+                        BhsBody::DataIn(DataIn {
+                            itt: c.itt,
+                            ttt: RESERVED_TAG,
+                            data_sn: sn,
+                            buffer_offset: off as u32,
+                            max_cmd_sn: 100,
+                            exp_cmd_sn: 2 + round,
+                            ..DataIn::default()
+                        }),
+                        &data[off..off + 32768],
+                    );
+                }
+                peer.send(response(c.itt, 1 + round, 100), &[]);
+                wait_done(&mut ini, &mut done, 1 + round as usize);
+                let d = done.last().unwrap();
+                assert_eq!(
+                    (d.tag, d.status),
+                    (40 + u64::from(round), CommandStatus::Good)
+                );
+                let mut got = vec![0u8; 65536];
+                assert!(d.buf.copy_to_slice(&mut got));
+                assert!(got == data, "round {round}: data mismatch");
+                let after = ini.stats();
+                if round == 1 {
+                    // Once Data-In is streaming, payload is read straight into the buffer.
+                    assert!(after.direct >= 60_000, "{after:?}");
+                }
+            }
+            assert_eq!(ini.outstanding(), 0);
+        }
+    }
+
+    #[test]
+    fn writes_send_immediate_then_r2t_data_from_the_buffer() {
+        for digests in [false, true] {
+            let (mut ini, stream) = pair(params(digests), 100);
+            let mut peer = Peer {
+                stream,
+                rx: Vec::new(),
+                digests: Digests {
+                    header: digests,
+                    data: digests,
+                },
+            };
+            let pool = pool();
+            let cache = pool.local();
+            let mut buf = cache.try_alloc(20000).unwrap();
+            let data = pattern(3, 20000);
+            assert!(buf.copy_from_slice(&data));
+            let mut done = Vec::new();
+            ini.submit(
+                Lun::from_index(1),
+                &[0x8a; 16],
+                DataDirection::Write,
+                buf,
+                20000,
+                5,
+            )
+            .unwrap();
+            let (bhs, imm) = peer.read_pdu(&mut ini, &mut done);
+            let BhsBody::ScsiCommand(c) = bhs.body else {
+                panic!("{bhs:?}")
+            };
+            assert!(
+                c.write && c.final_,
+                "InitialR2T=Yes: no unsolicited Data-Out"
+            );
+            assert_eq!(imm, data[..4096], "immediate data up to the target's MRDSL");
+            peer.send(
+                BhsBody::R2t(R2t {
+                    itt: c.itt,
+                    ttt: 0x99,
+                    max_cmd_sn: 100,
+                    exp_cmd_sn: 2,
+                    buffer_offset: 4096,
+                    desired_data_transfer_length: 15904,
+                    ..R2t::default()
+                }),
+                &[],
+            );
+            let mut got = Vec::new();
+            for (i, want_len) in [4096usize, 4096, 4096, 3616].into_iter().enumerate() {
+                let (bhs, d) = peer.read_pdu(&mut ini, &mut done);
+                let BhsBody::DataOut(o) = bhs.body else {
+                    panic!("{bhs:?}")
+                };
+                assert_eq!(
+                    (o.ttt, o.data_sn, o.buffer_offset as usize, d.len()),
+                    (0x99, i as u32, 4096 + 4096 * i, want_len)
+                );
+                assert_eq!(o.final_, i == 3);
+                got.extend_from_slice(&d);
+            }
+            assert!(got == data[4096..], "Data-Out carries the buffer");
+            peer.send(response(c.itt, 1, 100), &[]);
+            wait_done(&mut ini, &mut done, 1);
+            assert_eq!((done[0].tag, done[0].status), (5, CommandStatus::Good));
+        }
+    }
+
+    #[test]
+    fn the_cmdsn_window_holds_commands_back() {
+        // MaxCmdSN 1 = CmdSN: one command may go.
+        let (mut ini, stream) = pair(params(false), 1);
+        let mut peer = Peer {
+            stream,
+            rx: Vec::new(),
+            digests: Digests::default(),
+        };
+        let pool = pool();
+        let cache = pool.local();
+        let mut done = Vec::new();
+        for tag in 0..2 {
+            let buf = cache.try_alloc(512).unwrap();
+            ini.submit(
+                Lun::default(),
+                &[0x28; 10],
+                DataDirection::Read,
+                buf,
+                512,
+                tag,
+            )
+            .unwrap();
+        }
+        assert_eq!(ini.stats().window_waits, 1);
+        let (bhs, _) = peer.read_pdu(&mut ini, &mut done);
+        let BhsBody::ScsiCommand(first) = bhs.body else {
+            panic!()
+        };
+        for _ in 0..20 {
+            let _ = ini.poll(|c| done.push(c));
+        }
+        assert!(
+            peer.rx.is_empty(),
+            "the second command waits for the window"
+        );
+        // Data-In with status completes the first and opens the window by one.
+        peer.send(
+            BhsBody::DataIn(DataIn {
+                final_: true,
+                status_present: true,
+                itt: first.itt,
+                ttt: RESERVED_TAG,
+                stat_sn: 1,
+                exp_cmd_sn: 2,
+                max_cmd_sn: 2,
+                ..DataIn::default()
+            }),
+            &[0xab; 512],
+        );
+        let (bhs, _) = peer.read_pdu(&mut ini, &mut done);
+        let BhsBody::ScsiCommand(second) = bhs.body else {
+            panic!()
+        };
+        assert_eq!((second.cmd_sn, second.exp_stat_sn), (2, 2));
+        wait_done(&mut ini, &mut done, 1);
+        assert_eq!((done[0].tag, done[0].status), (0, CommandStatus::Good));
+    }
+
+    #[test]
+    fn a_protocol_violation_fails_every_command_and_returns_the_buffers() {
+        let (mut ini, stream) = pair(params(false), 100);
+        let mut peer = Peer {
+            stream,
+            rx: Vec::new(),
+            digests: Digests::default(),
+        };
+        let pool = pool();
+        let cache = pool.local();
+        let mut done = Vec::new();
+        for tag in 0..3 {
+            let buf = cache.try_alloc(4096).unwrap();
+            ini.submit(
+                Lun::default(),
+                &[0x88; 16],
+                DataDirection::Read,
+                buf,
+                4096,
+                tag,
+            )
+            .unwrap();
+        }
+        let (bhs, _) = peer.read_pdu(&mut ini, &mut done);
+        let BhsBody::ScsiCommand(c) = bhs.body else {
+            panic!()
+        };
+        // Data-In past the expected transfer length.
+        peer.send(
+            BhsBody::DataIn(DataIn {
+                itt: c.itt,
+                ttt: RESERVED_TAG,
+                buffer_offset: 2048,
+                ..DataIn::default()
+            }),
+            &[0u8; 4096],
+        );
+        let deadline = Instant::now() + T;
+        let err = loop {
+            match ini.poll(|c| done.push(c)) {
+                Err(e) => break e,
+                Ok(_) => assert!(Instant::now() < deadline, "no failure"),
+            }
+        };
+        assert!(matches!(err, DataPathError::Protocol(_)), "{err}");
+        assert!(ini.is_failed());
+        wait_done(&mut ini, &mut done, 3);
+        assert!(done
+            .iter()
+            .all(|d| d.status == CommandStatus::ConnectionLost && d.buf.len() == 4096));
+        assert_eq!(ini.outstanding(), 0);
+        let buf = cache.try_alloc(512).unwrap();
+        let (e, buf) = ini
+            .submit(Lun::default(), &[0x28], DataDirection::Read, buf, 512, 9)
+            .unwrap_err();
+        assert_eq!((e, buf.len()), (DataSubmitError::Failed, 512));
+        // A transfer longer than the buffer is refused before anything is sent.
+        let (mut ini, _peer) = pair(params(false), 100);
+        let buf = cache.try_alloc(512).unwrap();
+        let (e, _) = ini
+            .submit(Lun::default(), &[0x28], DataDirection::Read, buf, 1024, 1)
+            .unwrap_err();
+        assert!(
+            matches!(e, DataSubmitError::BadLength { len: 1024, .. }),
+            "{e}"
+        );
     }
 }

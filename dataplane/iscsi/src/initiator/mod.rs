@@ -15,7 +15,8 @@ pub mod session;
 
 pub use connection::{discover, ConnectOptions, InitiatorError, IscsiInitiator};
 pub use datapath::{
-    CommandStatus, DataCompletion, DataPathConnection, DataPathError, DataSubmitError, RxStats,
+    CommandStatus, DataCompletion, DataPathConnection, DataPathError, DataPathStats,
+    DataSubmitError,
 };
 pub use session::{
     CommandError, Completion, DataDirection, InitiatorSession, SessionError, SubmitError,
