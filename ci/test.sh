@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 # Debian packages the tests use (third-party peers, tools). Keep this list the only place.
-APT_PACKAGES=(tgt)
+APT_PACKAGES=(tgt libiscsi-bin)
 
 missing=()
 for p in "${APT_PACKAGES[@]}"; do

@@ -7,7 +7,8 @@
 //! - [`params`]: decoding a method's `params` into its typed parameters, naming the field that
 //!   is wrong when it fails.
 //! - [`size`]: sizes as users write them (`"512M"`, `"1G"`, `4096`).
-//! - [`bdev`], [`reactor`], [`core`], [`nvmf`]: the parameters and results of every method.
+//! - [`bdev`], [`reactor`], [`core`], [`nvmf`], [`iscsi`]: the parameters and results of every
+//!   method.
 //! - [`config`]: the saved configuration, an ordered list of calls per module.
 //! - [`client`]: a small blocking client over the Unix socket.
 //!
@@ -19,6 +20,7 @@ pub mod client;
 pub mod config;
 pub mod core;
 pub mod framing;
+pub mod iscsi;
 pub mod jsonrpc;
 pub mod lvol;
 pub mod nvmf;

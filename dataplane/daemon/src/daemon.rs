@@ -117,6 +117,7 @@ impl Daemon {
         d.register_module(Box::new(ReactorModule::new(ctx.clone())));
         d.register_module(Box::new(BdevModule::new(ctx.clone())));
         d.register_module(Box::new(NvmfModule::new(&ctx)?));
+        d.register_module(Box::new(crate::modules::iscsi::IscsiModule::new(&ctx)?));
         d.register_module(Box::new(crate::modules::lvol::LvolModule::new(ctx.clone())));
         Ok(d)
     }

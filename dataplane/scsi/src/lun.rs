@@ -358,7 +358,9 @@ impl ScsiLun {
             block_size: bs,
             num_blocks: i.num_blocks(),
             max_transfer_blocks: self.cfg.max_transfer_bytes / bs,
-            max_write_same_blocks: WRITE_SAME_MAX_BLOCKS,
+            // Initiators (libiscsi's WriteSame tests among them) write MAXIMUM WRITE SAME
+            // LENGTH blocks with one WRITE: keep it within the transfer limit.
+            max_write_same_blocks: WRITE_SAME_MAX_BLOCKS.min(self.cfg.max_transfer_bytes / bs),
             max_compare_write_blocks: (self.cfg.max_transfer_bytes / bs)
                 .min(MAX_COMPARE_WRITE_BLOCKS as u32) as u8,
             unmap: self.can_unmap(),

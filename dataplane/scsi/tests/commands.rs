@@ -66,6 +66,8 @@ fn inquiry_standard_and_vpd_pages() {
     assert_eq!(&bl.data[..6], &[0, 0xB0, 0, 0x3C, 0x01, 255]);
     assert_eq!(&bl.data[8..12], &2048u32.to_be_bytes());
     assert_eq!(&bl.data[20..28], &[0, 0x10, 0, 0, 0, 0, 1, 0]);
+    // MAXIMUM WRITE SAME LENGTH stays within MAXIMUM TRANSFER LENGTH.
+    assert_eq!(&bl.data[36..44], &2048u64.to_be_bytes());
     let lbp = h.exec(h.a, &[0x12, 1, 0xB2, 0, 255, 0], &[]);
     assert_eq!(lbp.data, [0, 0xB2, 0, 4, 0, 0xE4, 0x02, 0]);
     // Unknown page; page code without EVPD.

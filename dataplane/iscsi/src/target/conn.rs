@@ -333,6 +333,10 @@ pub(crate) struct IscsiConnection {
     r2t_waiting: VecDeque<u16>,
     tmfs: Vec<PendingTmf>,
     next_tmf_id: u32,
+    /// Tasks inside LUN channels. While there are any the connection counts as busy, so a
+    /// hybrid-mode reactor keeps polling the steps of multi-step commands (UNMAP, WRITE SAME)
+    /// instead of sleeping between them.
+    executing: usize,
     sendq: SendQueue,
     arena: TxArena,
     write_blocked: bool,
@@ -513,6 +517,7 @@ impl IscsiConnection {
             r2t_waiting: VecDeque::with_capacity(depth),
             tmfs: Vec::new(),
             next_tmf_id: 1,
+            executing: 0,
             sendq: SendQueue::with_capacity(depth * 24 + 64),
             arena: TxArena::new(ARENA),
             write_blocked: false,
@@ -1519,6 +1524,7 @@ impl IscsiConnection {
             data_out: buf,
         };
         l.channel.submit(task);
+        self.executing += 1;
     }
 
     /// Commands to a LUN the target does not have (SPC-4 / SAM-5: INQUIRY reports no device,
@@ -2202,6 +2208,7 @@ impl IscsiConnection {
         let mut any = false;
         while let Some(c) = self.completions.pop() {
             any = true;
+            self.executing = self.executing.saturating_sub(1);
             if matches!(self.phase, Phase::Draining | Phase::Finished) {
                 continue;
             }
@@ -2246,6 +2253,7 @@ impl IscsiConnection {
             }
         }
         busy |= self.poll_luns();
+        busy |= self.executing > 0;
         if matches!(self.phase, Phase::FullFeature | Phase::Closing) {
             if !self.r2t_waiting.is_empty() {
                 self.send_r2ts();
