@@ -420,10 +420,16 @@ fn many_commands_in_flight_and_sense() {
 struct Raw {
     s: TcpStream,
     cmd_sn: u32,
+    /// DataDigest=CRC32C in force.
+    dd: bool,
 }
 
 impl Raw {
     fn login(portal: SocketAddr, initiator: &str, isid: u8) -> Raw {
+        Self::login_with(portal, initiator, isid, false)
+    }
+
+    fn login_with(portal: SocketAddr, initiator: &str, isid: u8, dd: bool) -> Raw {
         let mut s = TcpStream::connect_timeout(&portal, T).expect("connect");
         s.set_read_timeout(Some(T)).unwrap();
         let keys = format!(
@@ -437,7 +443,10 @@ impl Raw {
         send_pdu(&mut s, bhs, keys.as_bytes());
         let (h, _) = recv_pdu(&mut s);
         assert_eq!((h[0] & 0x3f, h[36], h[37]), (0x23, 0, 0), "security stage");
-        let keys = "HeaderDigest=None\0DataDigest=None\0InitialR2T=Yes\0ImmediateData=Yes\0";
+        let keys = format!(
+            "HeaderDigest=None\0DataDigest={}\0InitialR2T=Yes\0ImmediateData=Yes\0",
+            if dd { "CRC32C" } else { "None" }
+        );
         bhs[1] = 0x87; // T, CSG=1, NSG=3
         bhs[20..24].copy_from_slice(
             &u32::from_be_bytes([h[24], h[25], h[26], h[27]])
@@ -457,13 +466,31 @@ impl Raw {
             }
             send_pdu(&mut s, bhs, b"");
         }
-        Raw { s, cmd_sn: 1 }
+        Raw { s, cmd_sn: 1, dd }
     }
 
     fn send(&mut self, bhs: &Bhs, data: &[u8]) {
         let mut b = *bhs;
         b.data_segment_len = data.len() as u32;
         send_pdu(&mut self.s, b.to_bytes(), data);
+        if self.dd && !data.is_empty() {
+            let crc = crc32c_padded(data);
+            self.s.write_all(&crc.to_le_bytes()).expect("send digest");
+        }
+    }
+
+    fn recv(&mut self) -> ([u8; 48], Vec<u8>) {
+        let (h, d) = recv_pdu(&mut self.s);
+        if self.dd && !d.is_empty() {
+            let mut crc = [0u8; 4];
+            self.s.read_exact(&mut crc).expect("receive digest");
+            assert_eq!(
+                u32::from_le_bytes(crc),
+                crc32c_padded(&d),
+                "target's data digest"
+            );
+        }
+        (h, d)
     }
 
     fn next_sn(&mut self) -> u32 {
@@ -475,13 +502,20 @@ impl Raw {
     /// Receives PDUs until one with `opcode` arrives.
     fn expect(&mut self, opcode: u8) -> ([u8; 48], Vec<u8>) {
         for _ in 0..64 {
-            let (h, d) = recv_pdu(&mut self.s);
+            let (h, d) = self.recv();
             if h[0] & 0x3f == opcode {
                 return (h, d);
             }
         }
         panic!("no PDU with opcode {opcode:#x}");
     }
+}
+
+/// CRC32C of `data` and its padding, as a data digest covers them.
+fn crc32c_padded(data: &[u8]) -> u32 {
+    let mut d = gyre_iscsi::digest::DataDigest::new();
+    d.update(data);
+    d.finish()
 }
 
 fn send_pdu(s: &mut TcpStream, mut bhs: [u8; 48], data: &[u8]) {
@@ -813,4 +847,128 @@ fn session_reinstatement_closes_the_old_session() {
     let sessions = f.target.sessions();
     assert_eq!(sessions.len(), 1, "{sessions:?}");
     second.logout(T).expect("logout");
+}
+
+#[test]
+fn deleting_a_target_asks_its_sessions_to_log_out() {
+    let f = Fixture::new(TargetOptions::default());
+    let mut polite = Raw::login(f.portal, IQN_A, 0x51);
+    let mut stubborn = Raw::login(f.portal, IQN_B, 0x52);
+    f.target.delete_target(IQN_T).expect("delete");
+    // Both get an Asynchronous Message, event 1 (logout requested), with the time allowed.
+    for raw in [&mut polite, &mut stubborn] {
+        let (h, _) = raw.expect(0x32);
+        assert_eq!(h[36], 1, "AsyncEvent: logout requested");
+        assert!(
+            u16::from_be_bytes([h[42], h[43]]) > 0,
+            "Parameter3: seconds to log out"
+        );
+    }
+    // One logs out and gets its answer.
+    let logout = Bhs::new(BhsBody::LogoutRequest(gyre_iscsi::bhs::LogoutRequest {
+        immediate: true,
+        reason: gyre_iscsi::bhs::LogoutReason::CloseSession,
+        itt: 0x10,
+        cid: 0,
+        cmd_sn: polite.cmd_sn,
+        exp_stat_sn: 0,
+    }));
+    polite.send(&logout, &[]);
+    let (h, _) = polite.expect(0x26);
+    assert_eq!(h[2], 0, "logout response: closed");
+    // The other is dropped after the grace period.
+    let start = Instant::now();
+    let mut buf = [0u8; 64];
+    loop {
+        match stubborn.s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(e) => panic!("expected the target to close the session: {e}"),
+        }
+        assert!(start.elapsed() < Duration::from_secs(9));
+    }
+    // And nobody may log in to it any more.
+    let o = options(f.portal, IQN_A, IQN_T, 0x53);
+    match IscsiInitiator::connect(o) {
+        Err(InitiatorError::Login(InitiatorLoginError::Status(s))) => {
+            assert_eq!(s, LoginStatus::NOT_FOUND)
+        }
+        other => panic!("expected NOT FOUND, got {:?}", other.err()),
+    }
+}
+
+#[test]
+fn a_bad_data_digest_fails_the_command_and_the_session_goes_on() {
+    let f = Fixture::new(TargetOptions::default());
+    let mut raw = Raw::login_with(f.portal, IQN_A, 0x61, true);
+    let write = |itt: u32, cmd_sn: u32| {
+        let c = cdb::write16(40, 1);
+        let mut cdb_bytes = [0u8; 16];
+        cdb_bytes.copy_from_slice(c.as_slice());
+        Bhs::new(BhsBody::ScsiCommand(ScsiCommand {
+            immediate: false,
+            final_: true,
+            read: false,
+            write: true,
+            attr: TaskAttribute::Simple,
+            lun: Lun::from_index(0),
+            itt,
+            expected_data_transfer_length: 512,
+            cmd_sn,
+            exp_stat_sn: 0,
+            cdb: cdb_bytes,
+        }))
+    };
+    // Clear the power-on unit attention with a good write first.
+    for i in 0..3 {
+        let sn = raw.next_sn();
+        raw.send(&write(i, sn), &[0x5a; 512]);
+        let (h, _) = raw.expect(0x21);
+        if h[3] == 0 {
+            break;
+        }
+    }
+    // Immediate data with a corrupted digest.
+    let sn = raw.next_sn();
+    let mut b = write(0x44, sn);
+    b.data_segment_len = 512;
+    send_pdu(&mut raw.s, b.to_bytes(), &[0xa5; 512]);
+    raw.s
+        .write_all(&(crc32c_padded(&[0xa5; 512]) ^ 1).to_le_bytes())
+        .unwrap();
+    let (h, d) = raw.recv();
+    assert_eq!(
+        (h[0] & 0x3f, h[2]),
+        (0x3f, 0x02),
+        "Reject: data digest error"
+    );
+    assert_eq!(&d[16..20], &0x44u32.to_be_bytes(), "names the task");
+    let (h, d) = raw.expect(0x21);
+    assert_eq!(&h[16..20], &0x44u32.to_be_bytes());
+    assert_eq!(h[3], 2, "CHECK CONDITION");
+    assert_eq!((d[2 + 2] & 0x0f, d[2 + 12], d[2 + 13]), (0x0b, 0x47, 0x05));
+    // The block was not written: it still holds the good write's data.
+    let sn = raw.next_sn();
+    raw.send(&scsi_read(0, 0x45, sn, 40, 1), &[]);
+    let (h, d) = raw.expect(0x25);
+    assert_eq!(&h[16..20], &0x45u32.to_be_bytes());
+    assert_eq!(&d[..512], &[0x5a; 512][..]);
+}
+
+#[test]
+fn login_redirection() {
+    let f = Fixture::new(TargetOptions::default());
+    let mut t = TargetConfig::new("iqn.2016-06.io.gyre.test:moved");
+    t.portal_groups = vec![1];
+    t.initiator_groups = vec![1];
+    t.redirect = Some(gyre_iscsi::target::Redirect {
+        address: "192.0.2.10:3260,1".into(),
+        permanent: false,
+    });
+    f.target.create_target(t).expect("target");
+    let o = options(f.portal, IQN_A, "iqn.2016-06.io.gyre.test:moved", 1);
+    match IscsiInitiator::connect(o) {
+        Err(InitiatorError::Redirected(a)) => assert_eq!(a, "192.0.2.10:3260,1"),
+        other => panic!("expected a redirection, got {:?}", other.err()),
+    }
 }

@@ -27,10 +27,10 @@ use gyre_scsi::{
 use smallvec::SmallVec;
 
 use crate::bhs::{
-    Bhs, BhsBody, BhsError, DataIn, DataOut, LoginRequest, LogoutRequest, LogoutResponse,
-    LogoutResponseCode, NopIn, NopOut, Opcode, R2t, Reject, RejectReason, ScsiCommand,
-    ScsiResponse, ScsiResponseCode, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse, TextRequest,
-    TextResponse, TmfFunction, TmfResponse, BHS_LEN, RESERVED_TAG,
+    AsyncEvent, AsyncMessage, Bhs, BhsBody, BhsError, DataIn, DataOut, LoginRequest, LogoutRequest,
+    LogoutResponse, LogoutResponseCode, NopIn, NopOut, Opcode, R2t, Reject, RejectReason,
+    ScsiCommand, ScsiResponse, ScsiResponseCode, TaskAttribute, TaskMgmtRequest, TaskMgmtResponse,
+    TextRequest, TextResponse, TmfFunction, TmfResponse, BHS_LEN, RESERVED_TAG,
 };
 use crate::digest::{padding, DataDigest, DIGEST_LEN};
 use crate::framing::{check_header_digest, encode_header, parse_command_ahs, Digests, PduLayout};
@@ -287,6 +287,8 @@ const RX_BUDGET: usize = 128;
 const IMMEDIATE_RESERVE: u32 = 8;
 /// A login must finish within this time.
 const LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long an initiator asked to log out (target removed) has to do so.
+const LOGOUT_GRACE: Duration = Duration::from_secs(3);
 /// Largest text response kept for continuation.
 const MAX_TEXT_RESPONSE: usize = 64 * 1024;
 
@@ -352,6 +354,9 @@ pub(crate) struct IscsiConnection {
     next_ttt: u32,
     /// NOP-In keepalive: the TTT awaited and its deadline.
     nop_pending: Option<(u32, Instant)>,
+    /// The target went away: an Asynchronous Message asked for a logout, which must come by
+    /// this time.
+    logout_deadline: Option<Instant>,
     rx_seen: bool,
     last_rx: Instant,
     started: Instant,
@@ -506,7 +511,15 @@ impl IscsiConnection {
             session: None,
             digests: Digests::default(),
             rx: Rx::Header,
-            staging: vec![0u8; STAGING].into_boxed_slice(),
+            // A whole data segment of MaxRecvDataSegmentLength (plus header, padding and
+            // digest) must fit.
+            staging: vec![
+                0u8;
+                STAGING.max(
+                    shared.options.operational.max_recv_data_segment_length as usize + 2048
+                )
+            ]
+            .into_boxed_slice(),
             rs: 0,
             re: 0,
             tasks: (0..depth).map(|_| Task::new()).collect(),
@@ -531,6 +544,7 @@ impl IscsiConnection {
             text_ttt: RESERVED_TAG,
             next_ttt: 1,
             nop_pending: None,
+            logout_deadline: None,
             rx_seen: false,
             last_rx: now,
             started: now,
@@ -1191,10 +1205,22 @@ impl IscsiConnection {
             };
             return Ok(());
         }
-        let Some(params) = self.session.as_ref().map(|s| s.params.clone()) else {
+        // The three parameters this needs, copied (the whole set holds strings).
+        let Some((immediate_data, initial_r2t, first_burst)) = self.session.as_ref().map(|s| {
+            (
+                s.params.immediate_data,
+                s.params.initial_r2t,
+                s.params.first_burst_length as usize,
+            )
+        }) else {
             return Err(RxStop::Closed("no session"));
         };
-        if data_len > 0 && (!cmd.write || !params.immediate_data) {
+        if data_len > 0
+            && (!cmd.write
+                || !immediate_data
+                || data_len > first_burst
+                || data_len > cmd.expected_data_transfer_length as usize)
+        {
             self.rx = Rx::Discard {
                 remaining: data_wire,
             };
@@ -1248,10 +1274,10 @@ impl IscsiConnection {
         t.received = 0;
         t.unsolicited_limit = if !t.write {
             0
-        } else if params.initial_r2t {
+        } else if initial_r2t {
             data_len
         } else {
-            (params.first_burst_length as usize).min(t.edtl as usize)
+            first_burst.min(t.edtl as usize)
         };
         t.unsolicited_done = t.unsolicited_limit <= data_len;
         t.exp_data_sn = 0;
@@ -2245,7 +2271,7 @@ impl IscsiConnection {
             if killed {
                 self.close("session reinstated or closed by the target");
             } else if removed {
-                self.close("target removed");
+                self.request_logout();
             } else if let Some((now, mine)) = generation {
                 if now != mine {
                     self.refresh_luns();
@@ -2328,6 +2354,37 @@ impl IscsiConnection {
             ConnStatus::Busy
         } else {
             ConnStatus::Idle
+        }
+    }
+
+    /// The target was deleted: ask the initiator to log out (Asynchronous Message, event 1,
+    /// RFC 7143 §11.9.1) and close the connection if it has not within the time given.
+    fn request_logout(&mut self) {
+        let now = Instant::now();
+        match self.logout_deadline {
+            Some(deadline) => {
+                if now > deadline {
+                    self.close("target removed; no logout in time");
+                }
+            }
+            None => {
+                let (exp, max) = self.window();
+                let stat_sn = self.next_stat_sn();
+                let bhs = Bhs::new(BhsBody::AsyncMessage(AsyncMessage {
+                    lun: Lun::default(),
+                    stat_sn,
+                    exp_cmd_sn: exp,
+                    max_cmd_sn: max,
+                    event: AsyncEvent::LogoutRequested,
+                    vcode: 0,
+                    parameter1: 0,
+                    parameter2: 0,
+                    parameter3: LOGOUT_GRACE.as_secs() as u16,
+                }));
+                tracing::info!(id = self.id, peer = %self.peer, "iscsi: target removed; asking for a logout");
+                self.queue_control(&bhs, &[]);
+                self.logout_deadline = Some(now + LOGOUT_GRACE);
+            }
         }
     }
 

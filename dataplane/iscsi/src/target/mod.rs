@@ -521,24 +521,16 @@ impl IscsiTarget {
         }))
     }
 
-    /// Deletes a target; its sessions are closed.
+    /// Deletes a target. Its sessions are asked to log out (Asynchronous Message) and closed
+    /// if they do not within a few seconds.
     pub fn delete_target(&self, name: &str) -> Result<(), IscsiTargetError> {
         let target = lock(&self.shared.targets)
             .remove(name)
             .ok_or_else(|| IscsiTargetError::TargetNotFound(name.to_string()))?;
         target.removed.store(true, Ordering::Release);
         lock(&target.luns).clear();
-        self.kill_sessions(|s| s.target_name.as_deref() == Some(name));
         tracing::info!(name, "iscsi: target deleted");
         Ok(())
-    }
-
-    fn kill_sessions(&self, which: impl Fn(&SessionInfo) -> bool) {
-        for s in lock(&self.shared.sessions).by_tsih.values() {
-            if which(&s.info) {
-                s.kill.store(true, Ordering::Release);
-            }
-        }
     }
 
     pub fn add_lun(&self, target: &str, m: LunMapping) -> Result<(), IscsiTargetError> {
