@@ -318,4 +318,12 @@ fn pools_and_volumes_through_gyrectl_nvme_and_a_restart() {
     let imported = json_of(&g2.socket, &["pool", "import", "u0"]);
     assert_eq!(imported["name"], "p");
     assert_eq!(imported["volumes"], 3);
+    // Or found by scanning every unclaimed bdev.
+    gyrectl_ok(&g2.socket, &["pool", "close", "p"]);
+    let scanned = json_of(&g2.socket, &["pool", "scan"]);
+    assert_eq!(scanned["imported"][0]["name"], "p", "{scanned}");
+    assert_eq!(
+        json_of(&g2.socket, &["volume", "list", "--pool", "p"]),
+        before
+    );
 }

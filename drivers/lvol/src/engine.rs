@@ -57,6 +57,7 @@ pub(crate) struct Engine {
     in_flight: usize,
     failed: Option<IoError>,
     completions: Vec<IoCompletion>,
+    stop_ack: StopAck,
 }
 
 fn io_error(e: &MetaError) -> IoError {
@@ -133,6 +134,7 @@ impl Engine {
             in_flight: 0,
             failed: None,
             completions: Vec::with_capacity(TASK_DEPTH * 2),
+            stop_ack: StopAck(None),
         };
         reactor.register_poller("lvol-engine", move || engine.poll());
     }
@@ -221,7 +223,8 @@ impl Engine {
     /// Takes the queued operations as the next batch. Returns true when told to stop.
     fn take_batch(&mut self) -> bool {
         while let Some(op) = self.shared.ops.pop() {
-            if let Op::Stop = op {
+            if let Op::Stop(ack) = op {
+                self.stop_ack.0 = ack;
                 while let Some(rest) = self.shared.ops.pop() {
                     refuse(rest, LvolError::Reactor, IoError::Removed);
                 }
@@ -306,7 +309,7 @@ impl Engine {
                         let _ = reply.send(Err(e));
                     }
                 },
-                Op::Stop => {}
+                Op::Stop(_) => {}
             }
         }
         if !dirty {
@@ -582,6 +585,18 @@ fn refuse(op: Op, control: LvolError, io: IoError) {
         Op::Control(_, tx) => {
             let _ = tx.send(Err(control));
         }
-        Op::Stop => {}
+        Op::Stop(_) => {}
+    }
+}
+
+/// Tells whoever stopped the engine that it is gone. The engine's last field: dropped after
+/// its base channel and its share of the pool (and so of the base descriptor).
+struct StopAck(Option<crossbeam::channel::Sender<()>>);
+
+impl Drop for StopAck {
+    fn drop(&mut self) {
+        if let Some(tx) = self.0.take() {
+            let _ = tx.send(());
+        }
     }
 }

@@ -219,7 +219,8 @@ pub(crate) enum Op {
         reply: Arc<ReplyQueue>,
     },
     Control(ControlOp, ControlReply),
-    Stop,
+    /// Stop; the sender hears when the engine (and its hold on the base) is gone.
+    Stop(Option<crossbeam::channel::Sender<()>>),
 }
 
 /// What the engine, the channels and the control side of one pool share.
@@ -816,12 +817,11 @@ impl Pool {
         }
         lock(&self.volumes).clear();
         let (tx, rx) = crossbeam::channel::bounded::<()>(1);
-        self.shared.submit(Op::Stop);
+        self.shared.submit(Op::Stop(Some(tx)));
         // The engine drops its base channel on its reactor; wait for that.
-        let _ = self.shared.owner.send(move || {
-            let _ = tx.send(());
-        });
-        let _ = rx.recv_timeout(Duration::from_secs(10));
+        if rx.recv_timeout(Duration::from_secs(10)).is_err() {
+            tracing::warn!(pool = %self.name(), "the pool's engine did not stop in time");
+        }
         tracing::info!(pool = %self.name(), "lvol pool closed");
         Ok(())
     }
