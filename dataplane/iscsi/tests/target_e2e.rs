@@ -972,3 +972,51 @@ fn login_redirection() {
         other => panic!("expected a redirection, got {:?}", other.err()),
     }
 }
+
+#[test]
+fn ipv6_portal_serves_discovery_and_io() {
+    let f = Fixture::new(TargetOptions::default());
+    let v6 = match f.target.create_portal_group(PortalGroupConfig {
+        tag: 6,
+        portals: vec!["[::1]:0".parse().unwrap()],
+    }) {
+        Ok(pg) => pg.portals[0],
+        Err(e) => {
+            println!("skipping ipv6_portal_serves_discovery_and_io: no IPv6 loopback ({e})");
+            return;
+        }
+    };
+    f.target
+        .create_initiator_group(InitiatorGroupConfig {
+            tag: 6,
+            initiators: vec!["ANY".into()],
+            networks: vec![Network::parse("::1/128").unwrap()],
+        })
+        .expect("initiator group");
+    let mut t = TargetConfig::new("iqn.2016-06.io.gyre.test:v6");
+    t.luns = vec![LunMapping {
+        lun: 0,
+        bdev: "m0".into(),
+    }];
+    t.portal_groups = vec![6];
+    t.initiator_groups = vec![6];
+    f.target.create_target(t).expect("target");
+    let found = discover(v6, IQN_A, InitiatorAuth::None, T).expect("discovery over IPv6");
+    let v6t = found
+        .iter()
+        .find(|t| t.name == "iqn.2016-06.io.gyre.test:v6")
+        .expect("listed");
+    assert_eq!(v6t.portals[0].host, "::1");
+    assert_eq!(v6t.portals[0].portal_group_tag, Some(6));
+    // IQN_T admits 127.0.0.0/8 only, so an initiator on ::1 does not see it; the CHAP
+    // target admits host A from anywhere.
+    let mut names: Vec<&str> = found.iter().map(|t| t.name.as_str()).collect();
+    names.sort();
+    assert_eq!(names, vec![IQN_CHAP, "iqn.2016-06.io.gyre.test:v6"]);
+    let mut ini = IscsiInitiator::connect(options(v6, IQN_A, "iqn.2016-06.io.gyre.test:v6", 1))
+        .expect("login");
+    let luns = ini.report_luns(T).expect("REPORT LUNS");
+    assert_eq!(luns, vec![Lun::from_index(0)]);
+    write_read_back(&mut ini, Lun::from_index(0), 77, 8192, false);
+    ini.logout(T).expect("logout");
+}
