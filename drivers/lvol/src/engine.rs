@@ -5,7 +5,9 @@
 //! clusters the batch allocated, flushes, writes the new image to the other metadata region,
 //! flushes again, and only then publishes the new cluster maps and answers the batch. A batch
 //! with a snapshot first revokes the origin's direct writes and waits for those in flight to
-//! finish, so the snapshot's content is exactly what was acknowledged before it.
+//! finish, so the snapshot's content is exactly what was acknowledged before it. Clusters a
+//! batch frees become allocatable only once its image is durable and every request started
+//! before the new maps were published has completed.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -15,7 +17,7 @@ use gyre_reactor::{global_pool, local, PollStatus, PoolCache};
 
 use crate::meta::{DataTask, Meta, MetaError, Superblock};
 use crate::pool::{
-    ControlOp, ControlOut, ControlReply, Op, PoolInfo, PoolShared, ReplyQueue, VolumeInfo,
+    ControlOp, ControlOut, ControlReply, Op, PoolInfo, PoolShared, Quiesce, ReplyQueue, VolumeInfo,
     VolumeShared,
 };
 use crate::LvolError;
@@ -51,7 +53,11 @@ pub(crate) struct Engine {
     block_size: u64,
     phase: Phase,
     ops: Vec<Op>,
-    draining: Vec<u32>,
+    /// Before a batch with snapshots: the wait for requests started on their origins.
+    drain: Option<Quiesce>,
+    /// Clusters freed by committed batches, each with the wait for the requests that may
+    /// still reach them; they become allocatable when it is over.
+    releases: VecDeque<(Vec<u32>, Quiesce)>,
     answers: Vec<Answer>,
     tasks: VecDeque<DataTask>,
     in_flight: usize,
@@ -128,7 +134,8 @@ impl Engine {
             cache,
             phase: Phase::Idle,
             ops: Vec::new(),
-            draining: Vec::new(),
+            drain: None,
+            releases: VecDeque::new(),
             answers: Vec::new(),
             tasks: VecDeque::new(),
             in_flight: 0,
@@ -149,6 +156,15 @@ impl Engine {
             let before = self.phase;
             match self.phase {
                 Phase::Idle => {
+                    // Between batches only, so that a rollback never undoes a release.
+                    while let Some((clusters, q)) = self.releases.front_mut() {
+                        if !q.done() {
+                            break;
+                        }
+                        self.meta.unhold(clusters);
+                        self.releases.pop_front();
+                        busy = true;
+                    }
                     if self.shared.ops.is_empty() {
                         break;
                     }
@@ -157,12 +173,8 @@ impl Engine {
                     }
                 }
                 Phase::Drain => {
-                    if self
-                        .draining
-                        .iter()
-                        .all(|id| self.volumes.get(id).map_or(true, |v| v.writes_drained()))
-                    {
-                        self.draining.clear();
+                    if self.drain.as_mut().map_or(true, |q| q.done()) {
+                        self.drain = None;
                         self.apply_batch();
                     }
                 }
@@ -188,7 +200,8 @@ impl Engine {
             }
             busy = true;
         }
-        if busy || self.phase != Phase::Idle {
+        // Waits for channels are not woken by anything: keep polling while one runs.
+        if busy || self.phase != Phase::Idle || !self.releases.is_empty() {
             PollStatus::Busy
         } else {
             PollStatus::Idle
@@ -222,6 +235,8 @@ impl Engine {
 
     /// Takes the queued operations as the next batch. Returns true when told to stop.
     fn take_batch(&mut self) -> bool {
+        let mut draining = Vec::new();
+        let mut snapshots = false;
         while let Some(op) = self.shared.ops.pop() {
             if let Op::Stop(ack) = op {
                 self.stop_ack.0 = ack;
@@ -236,7 +251,8 @@ impl Engine {
             if let Op::Control(ControlOp::Snapshot { id, .. }, _) = &op {
                 if let Some(v) = self.volumes.get(id) {
                     v.revoke_exclusive();
-                    self.draining.push(*id);
+                    draining.extend(v.channels());
+                    snapshots = true;
                 }
             }
             self.ops.push(op);
@@ -244,10 +260,13 @@ impl Engine {
                 break;
             }
         }
-        if self.draining.is_empty() {
-            self.apply_batch();
-        } else {
+        if snapshots {
+            // Revoked first, then the round trip: afterwards no channel writes the origin's
+            // clusters directly, and the wait covers the writes that did.
+            self.drain = Some(Quiesce::begin(draining));
             self.phase = Phase::Drain;
+        } else {
+            self.apply_batch();
         }
         false
     }
@@ -270,6 +289,15 @@ impl Engine {
                         Ok(_) => {
                             dirty = true;
                             self.answers.push(Answer::Io(reply, token));
+                        }
+                        // Freed clusters are on their way back: try again then.
+                        Err(MetaError::NoSpace) if !self.releases.is_empty() => {
+                            self.shared.ops.push(Op::Alloc {
+                                vol,
+                                index,
+                                token,
+                                reply,
+                            });
                         }
                         Err(e) => reply.reply(token, Err(io_error(&e))),
                     }
@@ -523,9 +551,15 @@ impl Engine {
             return;
         }
         self.meta.seq += 1;
-        self.meta.commit_done();
         self.backup = None;
         self.republish();
+        // Published first: the round trip of the wait then makes every channel see the new
+        // maps, so only requests started before can still reach the freed clusters.
+        let freed = self.meta.take_freed();
+        if !freed.is_empty() {
+            let channels = self.volumes.values().flat_map(|v| v.channels()).collect();
+            self.releases.push_back((freed, Quiesce::begin(channels)));
+        }
         for a in self.answers.drain(..) {
             match a {
                 Answer::Io(q, token) => q.reply(token, Ok(())),

@@ -237,9 +237,12 @@ pub struct Meta {
     cluster_size: u64,
     block_size: u32,
     refs: Vec<u32>,
-    /// Freed since the last commit: not allocatable until the commit that frees them is durable.
+    /// Freed and not yet handed back by [`Meta::take_freed`].
     quarantine: Vec<u32>,
+    /// Freed but not allocatable yet: until the commit that frees them is durable and no
+    /// request started before it can still reach them.
     held: Vec<bool>,
+    held_count: u64,
     free: u64,
     cursor: u32,
 }
@@ -270,6 +273,7 @@ impl Meta {
             refs: vec![0; n],
             quarantine: Vec::new(),
             held: vec![false; n],
+            held_count: 0,
             free: sb.clusters,
             cursor: 0,
         }
@@ -367,18 +371,34 @@ impl Meta {
         if *r == 0 {
             self.free += 1;
             self.held[c as usize] = true;
+            self.held_count += 1;
             self.quarantine.push(c);
         }
     }
 
-    /// Clusters freed since the last commit become allocatable (call once that commit is
-    /// durable).
-    pub fn commit_done(&mut self) {
-        for c in self.quarantine.drain(..) {
+    /// The clusters freed since the last call; they stay unallocatable until
+    /// [`Meta::unhold`].
+    pub fn take_freed(&mut self) -> Vec<u32> {
+        std::mem::take(&mut self.quarantine)
+    }
+
+    /// Makes freed clusters allocatable again.
+    pub fn unhold(&mut self, clusters: &[u32]) {
+        for &c in clusters {
             if let Some(h) = self.held.get_mut(c as usize) {
-                *h = false;
+                if *h {
+                    *h = false;
+                    self.held_count -= 1;
+                }
             }
         }
+    }
+
+    /// Clusters freed since the last commit become allocatable at once (for callers with no
+    /// requests in flight).
+    pub fn commit_done(&mut self) {
+        let freed = self.take_freed();
+        self.unhold(&freed);
     }
 
     fn vol_mut(&mut self, id: u32) -> Result<&mut VolumeMeta, MetaError> {
@@ -439,7 +459,7 @@ impl Meta {
 
     /// Free clusters that can be handed out right now (not waiting for a commit).
     pub fn free_available(&self) -> u64 {
-        self.free - self.quarantine.len() as u64
+        self.free - self.held_count
     }
 
     /// Makes entry `index` of volume `id` a cluster only this volume references, allocating

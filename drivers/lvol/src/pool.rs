@@ -50,8 +50,8 @@ pub(crate) struct VolumeShared {
     pub thin: bool,
     map: Mutex<Arc<PublishedMap>>,
     generation: AtomicU64,
-    /// Per channel: modifying requests submitted straight to the base and not yet completed.
-    writers: Mutex<Vec<Arc<AtomicU64>>>,
+    /// The channels open on this volume, with their request counters.
+    channels: Mutex<Vec<Arc<ChannelCounters>>>,
 }
 
 impl VolumeShared {
@@ -62,7 +62,7 @@ impl VolumeShared {
             thin: v.thin,
             map: Mutex::new(PublishedMap::new(v.map.len())),
             generation: AtomicU64::new(1),
-            writers: Mutex::new(Vec::new()),
+            channels: Mutex::new(Vec::new()),
         })
     }
 
@@ -112,26 +112,95 @@ impl VolumeShared {
     pub(crate) fn revoke_exclusive(&self) {
         let cur = lock(&self.map);
         for slot in cur.entries.iter() {
-            slot.fetch_and(!EXCLUSIVE, Ordering::SeqCst);
+            slot.fetch_and(!EXCLUSIVE, Ordering::Release);
         }
     }
 
-    pub(crate) fn register_writer(&self) -> Arc<AtomicU64> {
-        let c = Arc::new(AtomicU64::new(0));
-        lock(&self.writers).push(c.clone());
+    pub(crate) fn register_channel(&self, reactor: Option<ReactorHandle>) -> Arc<ChannelCounters> {
+        let c = Arc::new(ChannelCounters {
+            started: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
+            reactor,
+        });
+        lock(&self.channels).push(c.clone());
         c
     }
 
-    pub(crate) fn unregister_writer(&self, c: &Arc<AtomicU64>) {
-        lock(&self.writers).retain(|w| !Arc::ptr_eq(w, c));
+    pub(crate) fn unregister_channel(&self, c: &Arc<ChannelCounters>) {
+        lock(&self.channels).retain(|w| !Arc::ptr_eq(w, c));
     }
 
-    /// Whether no direct modifying request is in flight on any channel.
-    pub(crate) fn writes_drained(&self) -> bool {
-        std::sync::atomic::fence(Ordering::SeqCst);
-        lock(&self.writers)
+    pub(crate) fn channels(&self) -> Vec<Arc<ChannelCounters>> {
+        lock(&self.channels).clone()
+    }
+}
+
+/// Requests one channel sent to the base and saw come back. Only the channel's own reactor
+/// stores into them (plain stores, no read-modify-write); the engine reads them after a
+/// message round trip to that reactor (see [`Quiesce`]).
+pub(crate) struct ChannelCounters {
+    pub started: AtomicU64,
+    pub completed: AtomicU64,
+    pub reactor: Option<ReactorHandle>,
+}
+
+impl ChannelCounters {
+    #[inline]
+    pub(crate) fn bump(counter: &AtomicU64) {
+        counter.store(counter.load(Ordering::Relaxed) + 1, Ordering::Release);
+    }
+}
+
+/// Waits until no request that a channel started before now can still reach the base:
+/// first a message round trip to every reactor with a channel (after it, those reactors see
+/// whatever the engine published before sending it, and their counters up to that point are
+/// visible), then until each channel has completed as many requests as it had started.
+pub(crate) struct Quiesce {
+    channels: Vec<Arc<ChannelCounters>>,
+    acks: Arc<AtomicU64>,
+    expected: u64,
+    marks: Option<Vec<u64>>,
+}
+
+impl Quiesce {
+    pub(crate) fn begin(channels: Vec<Arc<ChannelCounters>>) -> Quiesce {
+        let acks = Arc::new(AtomicU64::new(0));
+        // One message per channel (a reactor with several gets several): cheap, and handles
+        // of different reactor sets cannot be told apart.
+        let mut expected = 0;
+        for r in channels.iter().filter_map(|c| c.reactor.as_ref()) {
+            let a = acks.clone();
+            let sent = r.send(move || {
+                a.fetch_add(1, Ordering::AcqRel);
+            });
+            if sent.is_ok() {
+                expected += 1;
+            }
+        }
+        Quiesce {
+            channels,
+            acks,
+            expected,
+            marks: None,
+        }
+    }
+
+    /// Whether the wait is over (call again until it is).
+    pub(crate) fn done(&mut self) -> bool {
+        if self.acks.load(Ordering::Acquire) < self.expected {
+            return false;
+        }
+        let channels = &self.channels;
+        let marks = self.marks.get_or_insert_with(|| {
+            channels
+                .iter()
+                .map(|c| c.started.load(Ordering::Acquire))
+                .collect()
+        });
+        channels
             .iter()
-            .all(|w| w.load(Ordering::SeqCst) == 0)
+            .zip(marks.iter())
+            .all(|(c, &m)| c.completed.load(Ordering::Acquire) >= m)
     }
 }
 

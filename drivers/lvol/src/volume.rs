@@ -11,11 +11,12 @@
 //! - write-zeroes/unmap of a whole cluster of a thin volume: the cluster is released by the
 //!   engine; of part of a cluster: zeroes written in place (after a copy if shared).
 //!
-//! Direct modifying requests are counted per channel so that the engine can wait for them
-//! before a snapshot freezes the clusters they write.
+//! Requests sent to the base are counted per channel (plain stores by the channel's own
+//! reactor) so that the engine can wait for those started before a change: before a snapshot
+//! freezes the clusters they write, and before freed clusters are handed out again.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use gyre_bdev::{
@@ -25,7 +26,9 @@ use gyre_bdev::{
 use gyre_reactor::{global_pool, local, PoolCache, SgList};
 
 use crate::meta::{VolumeMeta, UNALLOCATED};
-use crate::pool::{Op, PoolShared, PublishedMap, ReplyQueue, VolumeShared, EXCLUSIVE};
+use crate::pool::{
+    ChannelCounters, Op, PoolShared, PublishedMap, ReplyQueue, VolumeShared, EXCLUSIVE,
+};
 use crate::LvolError;
 
 /// A volume of a pool, registered as the bdev `<pool>/<volume>`.
@@ -84,7 +87,7 @@ impl Bdev for VolumeBdev {
             base,
             ready: VecDeque::with_capacity(64),
             st: State {
-                writes: self.vol.register_writer(),
+                counters: self.vol.register_channel(local().map(|l| l.handle())),
                 vol: self.vol.clone(),
                 pool: self.pool.clone(),
                 map,
@@ -156,7 +159,7 @@ struct State {
     pool: Arc<PoolShared>,
     map: Arc<PublishedMap>,
     generation: u64,
-    writes: Arc<AtomicU64>,
+    counters: Arc<ChannelCounters>,
     replies: Arc<ReplyQueue>,
     slots: Vec<Slot>,
     free_slots: Vec<u32>,
@@ -182,10 +185,6 @@ fn copy_sg(src: &SgList, src_at: usize, dst: &mut SgList, dst_at: usize, len: us
         });
         done += chunk.len();
     });
-}
-
-fn modifies(op: IoOp) -> bool {
-    matches!(op, IoOp::Write | IoOp::WriteZeroes | IoOp::Unmap)
 }
 
 impl State {
@@ -296,9 +295,7 @@ impl State {
                         return self.ask(Ask::Release, index, p);
                     }
                 }
-                // Count first, then look: the engine revokes, then checks the counts.
-                self.writes.fetch_add(1, Ordering::SeqCst);
-                let e = entry.load(Ordering::SeqCst);
+                let e = entry.load(Ordering::Acquire);
                 if e != UNALLOCATED && e & EXCLUSIVE != 0 {
                     if let Some(r) = p.req.as_mut() {
                         if op != IoOp::Write {
@@ -307,7 +304,6 @@ impl State {
                     }
                     self.submit_base(p, e & !EXCLUSIVE, within, base, out);
                 } else {
-                    self.writes.fetch_sub(1, Ordering::Release);
                     self.ask(Ask::Alloc, index, p);
                 }
             }
@@ -329,6 +325,8 @@ impl State {
         };
         req.offset_blocks = self.data_lba + phys as u64 * self.cluster_blocks + within;
         req.tag = (p.slot as u64) << 32 | p.pos;
+        // Counted, so that the engine can wait for it before it reuses or freezes clusters.
+        ChannelCounters::bump(&self.counters.started);
         base.submit(req);
     }
 
@@ -404,10 +402,8 @@ impl State {
         let Some(s) = self.slots.get(slot as usize) else {
             return;
         };
-        if modifies(s.op) {
-            // Only this channel writes its counter: a plain store is enough to decrement.
-            let n = self.writes.load(Ordering::Relaxed);
-            self.writes.store(n.saturating_sub(1), Ordering::Release);
+        if s.op != IoOp::Flush {
+            ChannelCounters::bump(&self.counters.completed);
         }
         if s.whole {
             return self.part_done(slot, c.status, Some(c.req), out);
@@ -513,6 +509,6 @@ impl IoChannelBackend for VolumeChannel {
 
 impl Drop for VolumeChannel {
     fn drop(&mut self) {
-        self.st.vol.unregister_writer(&self.st.writes);
+        self.st.vol.unregister_channel(&self.st.counters);
     }
 }
