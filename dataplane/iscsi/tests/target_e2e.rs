@@ -1020,3 +1020,78 @@ fn ipv6_portal_serves_discovery_and_io() {
     write_read_back(&mut ini, Lun::from_index(0), 77, 8192, false);
     ini.logout(T).expect("logout");
 }
+
+#[test]
+fn r2t_and_data_sn_checks() {
+    let f = Fixture::new(TargetOptions::default());
+    let mut raw = Raw::login(f.portal, IQN_A, 0x71);
+    let write = |itt: u32, cmd_sn: u32, lba: u64| {
+        let c = cdb::write16(lba, 16);
+        let mut cdb_bytes = [0u8; 16];
+        cdb_bytes.copy_from_slice(c.as_slice());
+        Bhs::new(BhsBody::ScsiCommand(ScsiCommand {
+            immediate: false,
+            final_: true,
+            read: false,
+            write: true,
+            attr: TaskAttribute::Simple,
+            lun: Lun::from_index(0),
+            itt,
+            expected_data_transfer_length: 8192,
+            cmd_sn,
+            exp_stat_sn: 0,
+            cdb: cdb_bytes,
+        }))
+    };
+    let data_out = |itt: u32, ttt: u32, data_sn: u32, offset: u32, final_: bool| {
+        Bhs::new(BhsBody::DataOut(gyre_iscsi::bhs::DataOut {
+            final_,
+            lun: Lun::from_index(0),
+            itt,
+            ttt,
+            exp_stat_sn: 0,
+            data_sn,
+            buffer_offset: offset,
+        }))
+    };
+    for attempt in 0..3u32 {
+        // No immediate data, InitialR2T=Yes: the target asks for all 8 KiB.
+        let sn = raw.next_sn();
+        let itt = 0x100 + attempt;
+        raw.send(&write(itt, sn, 300), &[]);
+        let (h, _) = raw.expect(0x31);
+        assert_eq!(&h[16..20], &itt.to_be_bytes());
+        let ttt = u32::from_be_bytes([h[20], h[21], h[22], h[23]]);
+        assert_eq!(&h[36..40], &0u32.to_be_bytes(), "R2TSN 0");
+        assert_eq!(&h[40..44], &0u32.to_be_bytes(), "buffer offset 0");
+        assert_eq!(&h[44..48], &8192u32.to_be_bytes(), "desired length");
+        if attempt == 0 {
+            // DataSN 1 where 0 is due: rejected (protocol error), nothing lands.
+            raw.send(&data_out(itt, ttt, 1, 0, false), &[0x11; 4096]);
+            let (h, _) = raw.expect(0x3f);
+            assert_eq!(h[2], 0x04, "Reject: protocol error");
+        }
+        raw.send(&data_out(itt, ttt, 0, 0, false), &[0x22; 4096]);
+        raw.send(&data_out(itt, ttt, 1, 4096, true), &[0x33; 4096]);
+        let (h, _) = raw.expect(0x21);
+        assert_eq!(&h[16..20], &itt.to_be_bytes());
+        if h[3] == 0 {
+            assert_eq!(&h[36..40], &1u32.to_be_bytes(), "ExpDataSN counts the R2T");
+            break;
+        }
+        assert!(attempt < 2, "the write never succeeded");
+    }
+    let sn = raw.next_sn();
+    raw.send(&scsi_read(0, 0x200, sn, 300, 16), &[]);
+    let mut got = Vec::new();
+    while got.len() < 8192 {
+        let (h, d) = raw.expect(0x25);
+        assert_eq!(&h[16..20], &0x200u32.to_be_bytes());
+        got.extend_from_slice(&d);
+        if h[1] & 0x01 != 0 {
+            break;
+        }
+    }
+    assert_eq!(&got[..4096], &[0x22; 4096][..]);
+    assert_eq!(&got[4096..8192], &[0x33; 4096][..]);
+}
