@@ -46,8 +46,7 @@ struct Group {
     /// Connections by slot; the epoll token is the slot index.
     conns: Vec<Option<IscsiConnection>>,
     free: Vec<usize>,
-    /// Connections with work beyond socket readiness (bdev I/O in flight, output queued,
-    /// buffers awaited, events to deliver).
+    /// The target is shutting down: no more connections are adopted.
     shutting_down: bool,
 }
 
@@ -79,9 +78,9 @@ pub(crate) fn start(
             }));
             let poller = group.clone();
             reactor.register_poller("iscsi", move || poller.borrow_mut().poll());
-            let keep_alive = group.clone();
-            reactor.register_timed_poller("iscsi-nop-in", Duration::from_millis(100), move || {
-                keep_alive.borrow_mut().check_keep_alive()
+            let timers = group.clone();
+            reactor.register_timed_poller("iscsi-timers", Duration::from_millis(100), move || {
+                timers.borrow_mut().check_timers()
             });
             move |msg: GroupMsg| group.borrow_mut().handle(msg)
         },
@@ -264,11 +263,17 @@ impl Group {
         }
     }
 
-    fn check_keep_alive(&mut self) -> PollStatus {
+    /// Login timeouts and NOP-In keepalives; busy when a timer produced output to flush.
+    fn check_timers(&mut self) -> PollStatus {
         let now = std::time::Instant::now();
+        let mut busy = false;
         for c in self.conns.iter_mut().flatten() {
-            c.check_timers(now);
+            busy |= c.check_timers(now);
         }
-        PollStatus::Idle
+        if busy {
+            PollStatus::Busy
+        } else {
+            PollStatus::Idle
+        }
     }
 }
