@@ -548,3 +548,33 @@ fn garbage_instead_of_a_pdu_is_a_transport_error() {
         TransportError::Pdu(PduError::DataLimitExceeded { .. })
     ));
 }
+
+#[test]
+fn a_command_without_an_answer_times_out() {
+    use gyre_reactor::clock::{duration_to_ticks, ticks};
+    let (mut q, mut t, _) = pair(false, false, 8192, 0);
+    q.submit(
+        read_cmd(1),
+        Transfer::ControllerToHost(4096),
+        Some(vec![0u8; 4096]),
+        4,
+    )
+    .unwrap();
+    q.poll(|_, _, _| {});
+    t.read(72);
+    let limit = duration_to_ticks(Duration::from_millis(50));
+    assert!(!q.check_timeouts(ticks(), limit), "not late yet");
+    std::thread::sleep(Duration::from_millis(80));
+    assert!(q.check_timeouts(ticks(), limit));
+    let done = poll_until(&mut q, 1);
+    assert_eq!(done[0].0, 4);
+    assert_eq!(expect_transport(&done), TransportError::Timeout);
+    assert_eq!(
+        done[0].2.as_ref().map(|b| b.len()),
+        Some(4096),
+        "buffer back"
+    );
+    // The target sees the connection close.
+    let mut b = [0u8; 1];
+    assert!(matches!(t.s.read(&mut b), Ok(0) | Err(_)));
+}
