@@ -1036,7 +1036,6 @@ impl<B: DataBuffer> QueuePair<B> {
         }
         self.rx = Rx::Header;
         let digest_ok = d.digest.is_none_or(|dg| dg.matches(self.rx_ddgst));
-        let qid_cqe = |cid| Completion::new(cid, Status::SUCCESS);
         let Some(s) = self.slots.get_mut(d.slot as usize) else {
             return true;
         };
@@ -1048,7 +1047,8 @@ impl<B: DataBuffer> QueuePair<B> {
             let r = if s.digest_error {
                 Err(CommandError::DataDigest)
             } else {
-                Ok(qid_cqe(d.slot))
+                // C2HData SUCCESS stands for a response with a success status and nothing else.
+                Ok(Completion::new(d.slot, Status::SUCCESS))
             };
             self.finish(d.slot, r);
         }
