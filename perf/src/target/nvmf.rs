@@ -27,6 +27,8 @@ use super::{Completed, IoSpec, QueuePlan, Target, TargetInfo, TargetOptions, Tar
 pub const DEFAULT_PORT: u16 = 4420;
 /// Bound on connecting and on admin commands.
 const CONTROL_TIMEOUT: Duration = Duration::from_secs(10);
+/// A command without an answer for this long fails its connection.
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often the control thread polls the admin queue.
 const ADMIN_POLL: Duration = Duration::from_millis(10);
 
@@ -184,6 +186,10 @@ impl NvmfHostTarget {
                 .context("--bs is too large for one NVMe command")?,
             connect_timeout: CONTROL_TIMEOUT,
             admin_timeout: CONTROL_TIMEOUT,
+            // Well inside the engine's stall detector (30 s): a command the target never
+            // answers fails as a transport error and the queue reconnects, instead of the
+            // whole run being declared hung.
+            io_timeout: Some(IO_TIMEOUT),
             ..HostOptions::default()
         };
         let (tx, rx) = crossbeam::channel::bounded(1);
