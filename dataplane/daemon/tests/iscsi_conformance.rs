@@ -1,6 +1,8 @@
 //! libiscsi's conformance suite (`iscsi-test-cu`, Debian package `libiscsi-bin`) against a
 //! LUN of the real `gyred`: a 256 MiB RAM disk with 512-byte blocks behind two portals, so
-//! the multipath tests reach the same LUN by two paths.
+//! the multipath tests reach the same LUN by two paths. (With 4096-byte blocks two tests,
+//! ExtendedCopy.Simple and GetLBAStatus.UnmapSingle, write 2048 and 257 blocks in one
+//! command without looking at MAXIMUM TRANSFER LENGTH, 1 MiB here, and fail on that alone.)
 //!
 //! Each test family runs in its own `iscsi-test-cu` process with a time bound; the Run
 //! Summary of every family and the totals are printed. Any failed test fails this test,
