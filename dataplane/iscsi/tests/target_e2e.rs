@@ -688,11 +688,26 @@ fn reservations_between_two_sessions() {
             .expect("ran")
             .result
     };
-    // Both register (as a Windows failover cluster does), A reserves Write Exclusive –
-    // Registrants Only... then B, a registrant, may write; a stranger would not.
-    run(&mut a, pr_out(0x00, 0, 0, 0xA)).expect("A registers");
-    run(&mut b, pr_out(0x00, 0, 0, 0xB)).expect("B registers");
+    // As a Windows failover cluster does: both nodes register with REGISTER AND IGNORE
+    // EXISTING KEY, the owner reserves Write Exclusive – Registrants Only, and the other
+    // node, a registrant, may write too.
+    run(&mut a, pr_out(0x06, 0, 0, 0xA)).expect("A registers");
+    run(&mut b, pr_out(0x06, 0, 0, 0xB)).expect("B registers");
     run(&mut a, pr_out(0x01, 0x05, 0xA, 0)).expect("A reserves WE-RO");
+    let mut rr = cdb::Cdb {
+        bytes: [0; 16],
+        len: 10,
+    };
+    rr.bytes[0] = 0x5e;
+    rr.bytes[1] = 0x01; // READ RESERVATION
+    rr.bytes[8] = 64;
+    let res = b
+        .command(lun0, &rr, DataDirection::Read, vec![0; 64], T)
+        .expect("ran");
+    assert!(res.result.is_ok(), "{:?}", res.result);
+    assert_eq!(&res.buffer[4..8], &16u32.to_be_bytes(), "one reservation");
+    assert_eq!(&res.buffer[8..16], &0xAu64.to_be_bytes(), "held by A's key");
+    assert_eq!(res.buffer[21] & 0x0f, 0x05, "type WE-RO");
     write_read_back(&mut b, lun0, 10, 512, false);
     // B preempts A (the cluster's arbitration): A's registration goes, B holds it.
     run(&mut b, pr_out(0x04, 0x05, 0xB, 0xA)).expect("B preempts A");
@@ -737,6 +752,25 @@ fn reservations_between_two_sessions() {
     assert!(keys.result.is_ok(), "{:?}", keys.result);
     assert_eq!(&keys.buffer[4..8], &8u32.to_be_bytes());
     assert_eq!(&keys.buffer[8..16], &0xBu64.to_be_bytes());
+    // Cleanup: B clears everything; A (unregistered, no reservation left) writes again.
+    run(&mut b, pr_out(0x03, 0, 0xB, 0)).expect("B clears");
+    let mut r = Err(CommandError::Timeout);
+    for _ in 0..3 {
+        r = a
+            .command(
+                lun0,
+                &cdb::write16(10, 1),
+                DataDirection::Write,
+                vec![7; 512],
+                T,
+            )
+            .expect("ran")
+            .result;
+        if r.is_ok() {
+            break;
+        }
+    }
+    assert!(r.is_ok(), "A may write after CLEAR: {r:?}");
     a.logout(T).expect("logout A");
     b.logout(T).expect("logout B");
 }
