@@ -401,6 +401,16 @@ impl Meta {
         self.unhold(&freed);
     }
 
+    /// A volume id not in use (ids are never 0), advancing `next_id` past it.
+    fn fresh_id(&mut self) -> u32 {
+        let mut id = self.next_id.max(1);
+        while self.volumes.contains_key(&id) {
+            id = id.wrapping_add(1).max(1);
+        }
+        self.next_id = id.wrapping_add(1).max(1);
+        id
+    }
+
     fn vol_mut(&mut self, id: u32) -> Result<&mut VolumeMeta, MetaError> {
         self.volumes.get_mut(&id).ok_or(MetaError::NoVolume(id))
     }
@@ -439,8 +449,7 @@ impl Meta {
                 *e = c;
             }
         }
-        let id = self.next_id;
-        self.next_id = self.next_id.wrapping_add(1).max(1);
+        let id = self.fresh_id();
         self.volumes.insert(
             id,
             VolumeMeta {
@@ -520,8 +529,10 @@ impl Meta {
         if o.snapshot {
             return Err(MetaError::ReadOnly(o.name.clone()));
         }
+        let snap_id = self.fresh_id();
+        let o = self.volume(origin)?;
         let snap = VolumeMeta {
-            id: self.next_id,
+            id: snap_id,
             parent: o.parent,
             uuid,
             name: name.to_string(),
@@ -536,7 +547,6 @@ impl Meta {
                 self.incref(e);
             }
         }
-        self.next_id = self.next_id.wrapping_add(1).max(1);
         self.volumes.insert(id, snap);
         self.vol_mut(origin)?.parent = id;
         Ok(id)
@@ -552,8 +562,10 @@ impl Meta {
         if !s.snapshot {
             return Err(MetaError::NotSnapshot(s.name.clone()));
         }
+        let clone_id = self.fresh_id();
+        let s = self.volume(snap)?;
         let v = VolumeMeta {
-            id: self.next_id,
+            id: clone_id,
             parent: snap,
             uuid,
             name: name.to_string(),
@@ -568,7 +580,6 @@ impl Meta {
                 self.incref(e);
             }
         }
-        self.next_id = self.next_id.wrapping_add(1).max(1);
         self.volumes.insert(id, v);
         Ok(id)
     }
@@ -855,11 +866,8 @@ impl Meta {
                 )));
             }
         }
-        if m.volumes.keys().any(|&id| id >= m.next_id) && m.next_id != 0 {
-            // next_id may have wrapped; only a plain overlap is suspicious.
-            if m.volumes.contains_key(&m.next_id) {
-                return Err(bad("next volume id is in use"));
-            }
+        if m.next_id == 0 {
+            return Err(bad("next volume id is zero"));
         }
         Ok(m)
     }
@@ -1071,6 +1079,23 @@ mod tests {
         assert_eq!(m.make_exclusive(v, 0, &mut t), Err(MetaError::NoSpace));
         m.commit_done();
         assert_eq!(m.make_exclusive(v, 0, &mut t), Ok(0));
+    }
+
+    #[test]
+    fn volume_ids_skip_zero_and_ids_in_use_when_they_wrap() {
+        let s = sb(4);
+        let mut m = Meta::new(&s);
+        let mut t = Vec::new();
+        assert_eq!(m.create_volume("a", Uuid::nil(), 512, true, &mut t), Ok(1));
+        m.next_id = u32::MAX;
+        assert_eq!(
+            m.create_volume("b", Uuid::nil(), 512, true, &mut t),
+            Ok(u32::MAX)
+        );
+        // 0 is never an id and 1 is taken.
+        assert_eq!(m.snapshot(1, "c", Uuid::nil()), Ok(2));
+        let img = m.encode(&s, 2);
+        assert_eq!(Meta::decode(&s, &img).unwrap().next_id, 3);
     }
 
     #[derive(Debug, Clone)]
