@@ -154,3 +154,178 @@ fn read_header(ctrl: &mut Controller) -> Result<DiscoveryLogHeader, HostError> {
     let raw = ctrl.get_log_page(LogPageId::DISCOVERY, 0, 0, DiscoveryLogHeader::SIZE as u32)?;
     DiscoveryLogHeader::decode(&raw).map_err(|e| HostError::decode("Get Log Page (discovery)", e))
 }
+
+#[cfg(test)]
+mod tests {
+    //! Against a scripted discovery controller whose log changes between the host's reads.
+
+    use std::io::{Read, Write};
+    use std::net::TcpListener;
+    use std::time::Duration;
+
+    use gyre_nvme::log::{subtype, DiscoveryLogEntry, DiscoveryLogHeader};
+    use gyre_nvme::Nqn;
+
+    use super::*;
+
+    /// The log page: header (generation, record count) and `n` NVMe/TCP entries.
+    fn page(genctr: u64, n: usize) -> Vec<u8> {
+        let mut out = vec![0u8; DiscoveryLogHeader::SIZE + n * DiscoveryLogEntry::SIZE];
+        let mut h = [0u8; 1024];
+        DiscoveryLogHeader {
+            genctr,
+            numrec: n as u64,
+            recfmt: 0,
+        }
+        .encode(&mut h);
+        out[..1024].copy_from_slice(&h);
+        for i in 0..n {
+            let nqn = Nqn::new(&format!("nqn.2016-06.io.example:g{genctr}-{i}")).unwrap();
+            let e = DiscoveryLogEntry::tcp(
+                subtype::NVME,
+                &nqn,
+                &format!("10.0.0.{i}"),
+                "4420",
+                false,
+                1,
+                32,
+                0,
+            );
+            let mut b = [0u8; 1024];
+            e.encode(&mut b);
+            let at = 1024 * (i + 1);
+            out[at..at + 1024].copy_from_slice(&b);
+        }
+        out
+    }
+
+    fn le32(b: &[u8], at: usize) -> u32 {
+        u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
+    }
+
+    /// Serves one host connection: Connect, properties, Identify, Keep Alive, and Get Log
+    /// Page of a discovery log that moves to generation 2 (4 entries) at the host's second
+    /// header read. Returns the (offset, length) of every log read.
+    fn serve(l: TcpListener) -> Vec<(u64, u32)> {
+        let (mut s, _) = l.accept().unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut ic = [0u8; 128];
+        s.read_exact(&mut ic).unwrap();
+        let mut r = [0u8; 128];
+        r[0] = 0x01;
+        r[2] = 128;
+        r[4] = 128;
+        r[12..16].copy_from_slice(&131072u32.to_le_bytes());
+        s.write_all(&r).unwrap();
+        let mut reads = Vec::new();
+        let mut header_reads = 0;
+        let mut log = page(1, 3);
+        loop {
+            let mut ch = [0u8; 8];
+            if s.read_exact(&mut ch).is_err() {
+                return reads;
+            }
+            let plen = le32(&ch, 4) as usize;
+            let mut rest = vec![0u8; plen - 8];
+            s.read_exact(&mut rest).unwrap();
+            assert_eq!(ch[0], 0x04, "command capsules only");
+            let sqe = &rest[..64];
+            let cid = u16::from_le_bytes([sqe[2], sqe[3]]);
+            let (cdw10, cdw11, cdw12, cdw13) =
+                (le32(sqe, 40), le32(sqe, 44), le32(sqe, 48), le32(sqe, 52));
+            let mut dw0: u64 = 0;
+            match (sqe[0], sqe[4]) {
+                (0x7F, 0x01) => dw0 = 1, // Connect: controller 1
+                (0x7F, 0x04) => {
+                    dw0 = match cdw11 {
+                        0x00 => 31 | (1 << 24) | (1 << 37), // CAP: MQES 31, TO 1, CSS NVM
+                        0x08 => 0x0001_0400,                // VS 1.4
+                        0x1C => 0x1 | (2 << 2),             // CSTS: RDY, SHST complete
+                        _ => 0,
+                    }
+                }
+                (0x7F, 0x00) | (0x18, _) => {}
+                (0x06, _) => send_data(&mut s, cid, &[0u8; 4096]),
+                (0x02, _) => {
+                    let numd = (cdw10 >> 16) | ((cdw11 & 0xFFFF) << 16);
+                    let len = (numd + 1) * 4;
+                    let lpo = u64::from(cdw12) | (u64::from(cdw13) << 32);
+                    assert_eq!(cdw10 & 0xFF, 0x70, "discovery log");
+                    if lpo == 0 {
+                        header_reads += 1;
+                        if header_reads == 2 {
+                            log = page(2, 4);
+                        }
+                    }
+                    reads.push((lpo, len));
+                    let mut data = vec![0u8; len as usize];
+                    let from = (lpo as usize).min(log.len());
+                    let to = (lpo as usize + len as usize).min(log.len());
+                    data[..to - from].copy_from_slice(&log[from..to]);
+                    send_data(&mut s, cid, &data);
+                }
+                other => panic!("unexpected command {other:?}"),
+            }
+            let mut resp = [0u8; 24];
+            resp[0] = 0x05;
+            resp[2] = 24;
+            resp[4] = 24;
+            resp[8..16].copy_from_slice(&dw0.to_le_bytes());
+            resp[20..22].copy_from_slice(&cid.to_le_bytes());
+            s.write_all(&resp).unwrap();
+        }
+    }
+
+    fn send_data(s: &mut std::net::TcpStream, cid: u16, data: &[u8]) {
+        let mut h = [0u8; 24];
+        h[0] = 0x07;
+        h[1] = 0x04;
+        h[2] = 24;
+        h[3] = 24;
+        h[4..8].copy_from_slice(&((24 + data.len()) as u32).to_le_bytes());
+        h[8..10].copy_from_slice(&cid.to_le_bytes());
+        h[16..20].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        s.write_all(&h).unwrap();
+        s.write_all(data).unwrap();
+    }
+
+    #[test]
+    fn a_log_that_changes_while_read_is_read_again_page_by_page() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let target = std::thread::spawn(move || serve(l));
+        let log = discover_paged(addr, &HostOptions::default(), 2).expect("discovery");
+        let reads = target.join().unwrap();
+        assert_eq!(log.genctr, 2);
+        let names: Vec<&str> = log.entries.iter().map(|e| e.subnqn.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "nqn.2016-06.io.example:g2-0",
+                "nqn.2016-06.io.example:g2-1",
+                "nqn.2016-06.io.example:g2-2",
+                "nqn.2016-06.io.example:g2-3"
+            ]
+        );
+        assert_eq!(log.entries[3].traddr, "10.0.0.3");
+        assert_eq!(
+            log.entries[3].socket_addr(),
+            Some("10.0.0.3:4420".parse().unwrap())
+        );
+        // Generation 1: header, entries 0-1, entry 2, header (now generation 2: start over);
+        // then header, entries 0-1, entries 2-3, header.
+        assert_eq!(
+            reads,
+            vec![
+                (0, 1024),
+                (1024, 2048),
+                (3072, 1024),
+                (0, 1024),
+                (0, 1024),
+                (1024, 2048),
+                (3072, 2048),
+                (0, 1024),
+            ]
+        );
+    }
+}
