@@ -1,6 +1,6 @@
 //! A volume behind the SCSI block emulation (as the iSCSI target serves it): a full pool fails
 //! WRITE with DATA PROTECT / SPACE ALLOCATION FAILED WRITE PROTECT and keeps its data, and
-//! UNMAP of a whole cluster gives the space back.
+//! UNMAP or WRITE SAME with UNMAP of a whole cluster gives the space back.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -184,6 +184,17 @@ fn full_pool_gives_space_allocation_failed_sense_and_unmap_frees_space() {
         vec![0xEE; BS],
     );
     assert_eq!(w.status, ScsiStatus::Good);
+    // WRITE SAME(16) of zeroes with UNMAP over cluster 1 releases it as well.
+    let mut ws = vec![0x93, 0x08, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+    ws[2..10].copy_from_slice(&(cb as u64).to_be_bytes());
+    ws[10..14].copy_from_slice(&cb.to_be_bytes());
+    let w = run(&reactors, &lun, nexus, ws, vec![0u8; BS]);
+    assert_eq!(w.status, ScsiStatus::Good, "{:?}", w.kcq);
+    assert_eq!(pool.info().unwrap().free_clusters, 1);
+    assert_eq!(
+        run(&reactors, &lun, nexus, read10(cb, 1), Vec::new()).data,
+        vec![0u8; BS]
+    );
     drop(lun);
     pool.close(true).unwrap();
 }
