@@ -563,3 +563,42 @@ fn connects_over_ipv6() {
     drop(q);
     ctrl.disconnect().unwrap();
 }
+
+#[test]
+fn io_queue_reconnects_to_the_same_controller_after_a_reset() {
+    let s = setup(true, &[]);
+    let p = pools();
+    let opts = HostOptions {
+        reconnect: ReconnectPolicy {
+            initial_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(100),
+            max_attempts: Some(100),
+        },
+        ..options()
+    };
+    let (mut ctrl, ns) = connect(&s, &opts);
+    let mut q = ctrl.connect_io_queue().unwrap();
+    let generation = ctrl.link().generation();
+    let cntlid = ctrl.info().cntlid;
+    let data = pattern(21, 8192);
+    write(&mut q, ns, &p, 700, &data, false);
+    // A read in flight when the path is reset fails with a path error.
+    q.submit_read(ns, 700, 2, buffer(&p, &[0u8; 8192], false), 1)
+        .unwrap();
+    q.reset();
+    let c = one(&mut q);
+    assert!(c.result.unwrap_err().is_path_error());
+    assert!(c.buf.is_some(), "buffer back");
+    let deadline = Instant::now() + TIMEOUT;
+    while q.state() != QueueState::Connected {
+        ctrl.poll().unwrap();
+        q.poll(|_| {});
+        assert!(Instant::now() < deadline, "no reconnect: {:?}", q.state());
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    assert_eq!(ctrl.link().generation(), generation, "same association");
+    assert_eq!(ctrl.info().cntlid, cntlid);
+    assert_eq!(read(&mut q, ns, &p, 700, 8192, true), data);
+    drop(q);
+    ctrl.disconnect().unwrap();
+}

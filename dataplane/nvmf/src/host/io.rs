@@ -178,6 +178,15 @@ impl IoQueue {
             .map(|q| q.as_raw_fd())
     }
 
+    /// Drops the connection now: commands in flight complete at the next poll with
+    /// [`TransportError::LocalClose`], and the queue reconnects (same QID, current controller)
+    /// after the first back-off delay. For a user that suspects the path.
+    pub fn reset(&mut self) {
+        if let Some(q) = self.qp.as_mut() {
+            q.close();
+        }
+    }
+
     /// Reads `nlb` blocks from `slba` into `buf`.
     pub fn submit_read(
         &mut self,
