@@ -10,6 +10,7 @@
 
 mod bdev;
 mod config;
+mod iscsi;
 mod lvol;
 mod nvmf;
 mod output;
@@ -62,6 +63,9 @@ enum Command {
     /// Logical volumes: create, resize, rename, snapshot, clone, inflate, delete, list.
     #[command(subcommand)]
     Volume(lvol::VolumeCommand),
+    /// iSCSI target: portal groups, initiator groups, targets, LUNs, CHAP, sessions.
+    #[command(subcommand)]
+    Iscsi(iscsi::Command),
     /// Save the running configuration or load a file into the running daemon.
     #[command(subcommand)]
     Config(config::Command),
@@ -108,6 +112,7 @@ fn main() -> ExitCode {
         Command::Bdev(c) => bdev::run(c, &mut ctx),
         Command::Reactor(c) => reactor::run(c, &mut ctx),
         Command::Nvmf(c) => nvmf::run(c, &mut ctx),
+        Command::Iscsi(c) => iscsi::run(c, &mut ctx),
         Command::Pool(c) => lvol::run_pool(c, &mut ctx),
         Command::Volume(c) => lvol::run_volume(c, &mut ctx),
         Command::Config(c) => config::run(c, &mut ctx),
