@@ -237,10 +237,9 @@ pub fn run(cmd: Command, ctx: &mut Ctx) -> Result<Output, ClientError> {
                 done,
             )
         }
-        Command::Target(Target::Delete { name }) => Output::new(
-            call(ctx, "iscsi_delete_target", &TargetRef { name })?,
-            done,
-        ),
+        Command::Target(Target::Delete { name }) => {
+            Output::new(call(ctx, "iscsi_delete_target", &TargetRef { name })?, done)
+        }
         Command::Target(Target::List) => {
             Output::new(ctx.call("iscsi_get_targets", None)?, targets_table)
         }
@@ -271,10 +270,9 @@ pub fn run(cmd: Command, ctx: &mut Ctx) -> Result<Output, ClientError> {
             )?,
             done,
         ),
-        Command::DiscoveryAuth(chap) => Output::new(
-            call(ctx, "iscsi_set_discovery_auth", &chap.chap())?,
-            done,
-        ),
+        Command::DiscoveryAuth(chap) => {
+            Output::new(call(ctx, "iscsi_set_discovery_auth", &chap.chap())?, done)
+        }
         Command::Sessions => Output::new(ctx.call("iscsi_get_sessions", None)?, sessions_table),
     })
 }
@@ -363,7 +361,16 @@ fn targets_table(v: &Value) -> String {
 
 fn sessions_table(v: &Value) -> String {
     table(
-        &["TSIH", "INITIATOR", "ISID", "TARGET", "PEER", "TPGT", "REACTOR", "DIGESTS"],
+        &[
+            "TSIH",
+            "INITIATOR",
+            "ISID",
+            "TARGET",
+            "PEER",
+            "TPGT",
+            "REACTOR",
+            "DIGESTS",
+        ],
         &rows(v, |s| {
             let digests = match (
                 s.get("header_digest").and_then(Value::as_bool),
