@@ -252,6 +252,7 @@ pub struct Job<Q: TargetQueue> {
     first_mismatch: Option<Mismatch>,
     /// Ticks between I/Os under `--rate` (0: no cap) and the tick the next may start.
     rate_ticks: u64,
+    rate_burst_ticks: u64,
     next_allowed: u64,
     conv: TickConv,
     read_latency: Histogram<u64>,
@@ -391,6 +392,10 @@ impl<Q: TargetQueue> Job<Q> {
             mismatches: 0,
             first_mismatch: None,
             rate_ticks,
+            // A burst of a queue's worth or 10 ms of I/O, whichever is more.
+            rate_burst_ticks: rate_ticks
+                .saturating_mul(n as u64)
+                .max(duration_to_ticks(std::time::Duration::from_millis(10))),
             next_allowed: 0,
             conv: TickConv::new(),
             read_latency: new_histogram(),
@@ -477,8 +482,11 @@ impl<Q: TargetQueue> Job<Q> {
                     if now < self.next_allowed {
                         return false;
                     }
-                    // No bursts to catch up after a stall: at most one I/O of credit.
-                    self.next_allowed = self.next_allowed.max(now.saturating_sub(self.rate_ticks))
+                    // After a stall (the thread was descheduled, the queue was full, polls are
+                    // far apart) the job may catch up by a bounded burst.
+                    self.next_allowed = self
+                        .next_allowed
+                        .max(now.saturating_sub(self.rate_burst_ticks))
                         + self.rate_ticks;
                 }
                 let op = if self.read_pct == 100
@@ -829,6 +837,10 @@ mod tests {
     }
 
     fn run_job(limit: Limit, fail_every: u64) -> JobResult {
+        run_job_at(limit, fail_every, None)
+    }
+
+    fn run_job_at(limit: Limit, fail_every: u64, rate: Option<u64>) -> JobResult {
         let w = Workload::new(
             RwMode::Randrw,
             Some(50),
@@ -847,7 +859,7 @@ mod tests {
             region_start: 0,
             region_len: 1 << 20,
             connections: 1,
-            rate: None,
+            rate,
         };
         let pool = BufferPool::new(&PoolConfig {
             classes: vec![ClassConfig {
@@ -906,6 +918,25 @@ mod tests {
         // Roughly one in ten failed.
         let total = r.ios() + r.errors;
         assert!(r.errors * 10 <= total + 10 && r.errors * 10 + 10 >= total);
+    }
+
+    #[test]
+    fn the_rate_caps_iops() {
+        let r = run_job_at(Limit::Time(Duration::from_millis(400)), 0, Some(5000));
+        // 5000 IOPS for 0.4 s: 2000 I/Os, plus at most the initial burst (10 ms: 50 I/Os);
+        // fewer only if this thread was starved for long.
+        assert!(
+            (1600..=2060).contains(&r.ios()),
+            "{} I/Os in {} ns",
+            r.ios(),
+            r.elapsed_ns
+        );
+        let unlimited = run_job(Limit::Time(Duration::from_millis(100)), 0);
+        assert!(
+            unlimited.ios() > 5000,
+            "{} I/Os without a cap",
+            unlimited.ios()
+        );
     }
 
     #[test]

@@ -2,10 +2,13 @@
 //! injector that flips the first byte of one block in every read of it), and against Debian's
 //! tgt over iSCSI. Every run uses the hybrid idle mode on core 0 and is killed if it overruns.
 
+mod common;
+
 use std::io::Read;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+use common::TGT_IQN;
 
 use serde_json::Value;
 
@@ -227,102 +230,11 @@ fn verify_uses_only_the_region_and_two_reactors_split_it() {
     assert_eq!(u(&r["workload"], "offset"), 1 << 20);
 }
 
-fn find_tool(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/sbin"].iter().map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// tgtd with one RAM-backed LUN (LUN 1), killed on drop.
-struct Tgtd {
-    child: Child,
-    port: u16,
-    image: PathBuf,
-}
-
-const TGT_IQN: &str = "iqn.2024-01.io.gyre.perf-test:ram";
-
-impl Tgtd {
-    fn start(tgtd: &Path, tgtadm: &Path) -> Tgtd {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .and_then(|l| l.local_addr())
-            .expect("free port")
-            .port();
-        // tgtd takes control ports up to 32767; keep clear of the iSCSI crate's test.
-        let control = (std::process::id() % 20000 + 5000).to_string();
-        let image = PathBuf::from(format!("/dev/shm/gyre-perf-tgt-{}.img", std::process::id()));
-        std::fs::File::create(&image)
-            .and_then(|f| f.set_len(32 << 20))
-            .expect("create the LUN image");
-        let child = Command::new(tgtd)
-            .args(["-f", "-C", &control, "--iscsi"])
-            .arg(format!("portal=127.0.0.1:{port}"))
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start tgtd");
-        let t = Tgtd { child, port, image };
-        let adm = |args: &[&str]| {
-            Command::new(tgtadm)
-                .args(["-C", &control, "--lld", "iscsi"])
-                .args(args)
-                .output()
-                .map(|o| o.status.success())
-                .unwrap_or(false)
-        };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !(adm(&["--op", "show", "--mode", "target"])
-            && std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
-        {
-            assert!(Instant::now() < deadline, "tgtd did not come up");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let img = t.image.to_string_lossy().to_string();
-        for args in [
-            &[
-                "--op", "new", "--mode", "target", "--tid", "1", "-T", TGT_IQN,
-            ][..],
-            &[
-                "--op",
-                "new",
-                "--mode",
-                "logicalunit",
-                "--tid",
-                "1",
-                "--lun",
-                "1",
-                "-b",
-                &img,
-                "--bstype",
-                "rdwr",
-            ],
-            &[
-                "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
-            ],
-        ] {
-            assert!(adm(args), "tgtadm {args:?}");
-        }
-        t
-    }
-}
-
-impl Drop for Tgtd {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        let _ = std::fs::remove_file(&self.image);
-    }
-}
-
 #[test]
 fn verify_over_iscsi_against_tgt() {
-    let (Some(tgtd), Some(tgtadm)) = (find_tool("tgtd"), find_tool("tgtadm")) else {
-        println!("skipping verify_over_iscsi_against_tgt: tgtd/tgtadm not installed (apt-get install tgt)");
+    let Some(tgt) = common::tgtd_or_skip("verify_over_iscsi_against_tgt") else {
         return;
     };
-    let tgt = Tgtd::start(&tgtd, &tgtadm);
     let url = format!("iscsi://127.0.0.1:{}/{TGT_IQN}/1", tgt.port);
     // Mixed 4 KiB I/O over two sessions, then large writes (R2T and unsolicited data) read
     // back.
