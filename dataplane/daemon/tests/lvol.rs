@@ -326,4 +326,36 @@ fn pools_and_volumes_through_gyrectl_nvme_and_a_restart() {
         json_of(&g2.socket, &["volume", "list", "--pool", "p"]),
         before
     );
+
+    // A configuration file that fails half-way is undone: the pool it created is closed
+    // again (its bdev released) and its volume gone.
+    gyrectl_ok(
+        &g2.socket,
+        &["bdev", "create", "malloc", "--name", "m9", "--size", "8M"],
+    );
+    let bad = dir.path("bad.json");
+    let calls = json!({
+        "version": 1,
+        "modules": [{ "module": "lvol", "config": [
+            { "method": "lvol_pool_create", "params": { "name": "q", "base_bdev": "m9", "cluster_size": "64K" } },
+            { "method": "lvol_volume_create", "params": { "pool": "q", "name": "x", "size": "1M" } },
+            { "method": "lvol_volume_create", "params": { "pool": "nope", "name": "y", "size": "1M" } }
+        ] }]
+    });
+    std::fs::write(&bad, calls.to_string()).unwrap();
+    let out = gyrectl(
+        &g2.socket,
+        &["rpc", "load_config", &json!({ "path": bad }).to_string()],
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("pool 'nope' not found"), "{err}");
+    let pools = json_of(&g2.socket, &["pool", "list"]);
+    assert_eq!(pools.as_array().unwrap().len(), 1, "{pools}");
+    let m9 = json_of(&g2.socket, &["bdev", "get", "m9"]);
+    assert!(m9.get("claimed_by").is_none(), "{m9}");
+    assert!(g2
+        .client()
+        .call("bdev_get", Some(json!({"name": "q/x"})))
+        .is_err());
 }

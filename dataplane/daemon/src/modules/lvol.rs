@@ -443,6 +443,32 @@ impl Module for LvolModule {
                     None => Ok(()),
                 }
             }
+            "lvol_pool_create" => {
+                let p: PoolCreate = parse(call.params.clone())?;
+                // The pool stays on its bdev; it is only closed again.
+                self.close(PoolClose {
+                    name: p.name,
+                    force: true,
+                })
+                .map(drop)
+            }
+            "lvol_volume_create" | "lvol_volume_snapshot" | "lvol_volume_clone" => {
+                let (pool, name) = match call.method.as_str() {
+                    "lvol_volume_create" => {
+                        let p: VolumeCreate = parse(call.params.clone())?;
+                        (p.pool, p.name)
+                    }
+                    "lvol_volume_snapshot" => {
+                        let p: VolumeSnapshot = parse(call.params.clone())?;
+                        (p.pool, p.snapshot)
+                    }
+                    _ => {
+                        let p: VolumeClone = parse(call.params.clone())?;
+                        (p.pool, p.name)
+                    }
+                };
+                self.pool(&pool)?.delete_volume(&name).map_err(lvol_error)
+            }
             other => Err(RpcError::internal(format!("lvol: cannot undo {other}"))),
         }
     }
