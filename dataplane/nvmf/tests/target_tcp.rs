@@ -73,6 +73,8 @@ struct Pdu {
 /// A blocking NVMe/TCP host connection, built from the spec's PDU tables.
 struct Host {
     s: TcpStream,
+    /// SQSIZE (0-based) asked for I/O queues.
+    io_sqsize: u16,
     hdgst: bool,
     ddgst: bool,
     cid: u16,
@@ -85,6 +87,7 @@ impl Host {
         s.set_nodelay(true).unwrap();
         let mut h = Host {
             s,
+            io_sqsize: 63,
             hdgst: false,
             ddgst: false,
             cid: 0,
@@ -268,7 +271,7 @@ impl Host {
             dptr: SglDescriptor::data_block_offset(0, 1024),
             recfmt: 0,
             qid,
-            sqsize: if qid == 0 { 31 } else { 63 },
+            sqsize: if qid == 0 { 31 } else { self.io_sqsize },
             cattr: 0,
             kato,
         }
@@ -491,6 +494,11 @@ fn discovery_lists_only_what_the_host_may_reach_and_refuses_strangers() {
     cmd.dptr = SglDescriptor::transport_data_block(4096);
     let (c, page) = d.run(cmd, &[], &[]);
     assert!(c.status.is_success(), "{:?}", c.status);
+    assert_eq!(
+        page.len(),
+        4096,
+        "NUMD is 0-based: (NUMD + 1) dwords come back"
+    );
     let hdr = gyre_nvme::log::DiscoveryLogHeader::decode(&page).unwrap();
     assert!(hdr.genctr > 0);
     let entries: Vec<_> = (0..hdr.numrec as usize)
@@ -1152,5 +1160,56 @@ fn steady_state_io_allocates_nothing_on_the_reactor() {
         "{allocations} allocations on the reactor over {} I/Os",
         ROUNDS * 4
     );
+    s.target.shutdown(TIMEOUT);
+}
+
+#[test]
+fn a_full_queue_sent_in_one_burst_all_completes() {
+    // More commands than one receive pass handles (its budget) arrive in one write: those
+    // left in staging must still be served without further bytes from the host.
+    let s = setup(true);
+    let (_admin, cntlid) = Host::admin(s.addr, NQN, false, 0);
+    let mut io = Host::connect(s.addr, false, false);
+    io.io_sqsize = 127;
+    let c = io.connect_queue(NQN, 1, cntlid, HOSTNQN, 0);
+    assert!(c.status.is_success(), "{:?}", c.status);
+    let data = pattern(9, 4096);
+    assert!(io
+        .run(rw(0x01, 7, 1, 4096, true), &data, &[])
+        .0
+        .status
+        .is_success());
+    // 127 Dataset Management commands with 16 bytes of in-capsule data each, in one write
+    // (SQSIZE 127 = 128 entries, one stays free for the head): small enough to sit in the
+    // staging buffer all at once, two receive steps each, well past one pass's budget.
+    let mut burst = Vec::new();
+    for i in 0..127u16 {
+        let mut range = [0u8; 16];
+        range[4..8].copy_from_slice(&1u32.to_le_bytes());
+        range[8..16].copy_from_slice(&u64::from(i).to_le_bytes());
+        let mut cmd = Command::new(0x09, 1000 + i);
+        cmd.nsid = 1;
+        cmd.dptr = SglDescriptor::data_block_offset(0, 16);
+        let mut pdu = vec![0u8; 72];
+        pdu[0] = 0x04;
+        pdu[2] = 72;
+        pdu[3] = 72;
+        pdu[4..8].copy_from_slice(&(72u32 + 16).to_le_bytes());
+        let mut sqe = [0u8; 64];
+        cmd.encode(&mut sqe);
+        pdu[8..72].copy_from_slice(&sqe);
+        burst.extend_from_slice(&pdu);
+        burst.extend_from_slice(&range);
+    }
+    io.s.write_all(&burst).unwrap();
+    let mut done = std::collections::BTreeSet::new();
+    while done.len() < 127 {
+        let p = io.read_pdu();
+        assert_eq!(p.ty, 0x05, "a response capsule");
+        let c = Completion::decode(p.hdr[8..24].try_into().unwrap());
+        assert!(c.status.is_success(), "{:?}", c.status);
+        done.insert(c.cid);
+    }
+    assert_eq!(done.len(), 127);
     s.target.shutdown(TIMEOUT);
 }

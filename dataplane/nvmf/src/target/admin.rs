@@ -756,7 +756,8 @@ fn get_log_page(ctrl: &Controller, target: &TargetShared, cmd: &Command) -> Admi
         AnaLogWriter, ChangedNamespaceList, FirmwareSlotLog, LogPageId, LogWindow, SmartLog,
     };
     let g = GetLogPageCommand::from_command(cmd);
-    let len = g.numd as usize * 4;
+    // NUMD is 0-based: (NUMD + 1) dwords.
+    let len = usize::try_from(g.length()).unwrap_or(usize::MAX);
     if !g.lpo.is_multiple_of(4) || len > target.options.max_io_size as usize {
         return done(Status::INVALID_FIELD.with_dnr());
     }

@@ -226,6 +226,8 @@ pub(crate) struct TargetConnection {
     rules: PduRules,
     /// Where in staging the PDU header being handled starts.
     header_at: usize,
+    /// The receive budget ran out with input possibly staged: receive again next progress.
+    rx_pending: bool,
     rx: Rx,
     staging: Box<[u8]>,
     rs: usize,
@@ -291,6 +293,7 @@ impl TargetConnection {
                 opts.in_capsule_data_size.max(ADMIN_IN_CAPSULE_MIN),
             ),
             header_at: 0,
+            rx_pending: false,
             rx: Rx::Header,
             staging: vec![0u8; STAGING].into_boxed_slice(),
             rs: 0,
@@ -353,7 +356,14 @@ impl TargetConnection {
 
     fn receive(&mut self) {
         let mut budget = RX_BUDGET;
-        while budget > 0 && matches!(self.phase, Phase::AwaitIcReq | Phase::Ready) {
+        self.rx_pending = false;
+        while matches!(self.phase, Phase::AwaitIcReq | Phase::Ready) {
+            if budget == 0 {
+                // Bytes may already sit in staging, where no socket readiness will announce
+                // them again: the next progress carries on.
+                self.rx_pending = true;
+                break;
+            }
             match self.step_rx() {
                 Ok(true) => budget -= 1,
                 Ok(false) => break,
@@ -1774,7 +1784,8 @@ impl TargetConnection {
             busy |= self.retry_buffers();
             busy |= self.retry_ranges();
             busy |= self.deliver_events();
-            if matches!(self.rx, Rx::AwaitBuffer { .. }) {
+            if self.rx_pending || matches!(self.rx, Rx::AwaitBuffer { .. }) {
+                busy = true;
                 self.receive();
             }
         }
