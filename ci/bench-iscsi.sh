@@ -18,6 +18,7 @@
 #
 # Environment: T (seconds per run, default 15), RAMP (gyre-perf warm-up seconds, default 1),
 # IDLE (gyre-perf's and gyred's idle policy: poll, the default, or hybrid on a busy machine),
+# REPEAT (runs of each workload per client, alternating; the table shows medians; default 1),
 # TARGET_CORE (1), CLIENT_CORE (0), TGT_PORT (3261), LUN_MB (1024), OUT (default
 # perf-results/bench-iscsi-DATE), CARGO_TARGET_DIR, SKIP_BUILD=1, SKIP_GYRED=1.
 set -euo pipefail
@@ -26,6 +27,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 T="${T:-15}"
 RAMP="${RAMP:-1}"
 IDLE="${IDLE:-poll}"
+REPEAT="${REPEAT:-1}"
 TARGET_CORE="${TARGET_CORE:-1}"
 CLIENT_CORE="${CLIENT_CORE:-0}"
 TGT_PORT="${TGT_PORT:-3261}"
@@ -48,6 +50,8 @@ die() {
 
 [[ "$T" =~ ^[0-9]+$ && "$T" -gt 0 ]] || die "T must be a positive number of seconds (got '$T')"
 [[ "$RAMP" =~ ^[0-9]+$ ]] || die "RAMP must be a whole number of seconds (got '$RAMP')"
+[[ "$REPEAT" =~ ^[0-9]+$ && "$REPEAT" -gt 0 ]] || die "REPEAT must be a positive number (got '$REPEAT')"
+[[ "$IDLE" == poll || "$IDLE" =~ ^hybrid ]] || die "IDLE is poll or hybrid[:SPIN] (got '$IDLE')"
 for c in "$TARGET_CORE" "$CLIENT_CORE"; do
     [[ "$c" =~ ^[0-9]+$ ]] || die "cores are numbers (got '$c')"
     taskset -c "$c" true 2>/dev/null || die "core $c is not available to this process"
@@ -130,15 +134,27 @@ suite() {
         >"$OUT/$p-probe.json" 2>"$OUT/$p-probe.log" || { cat "$OUT/$p-probe.log" >&2; return 1; }
     local bs
     bs=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["target"]["block_size"])' "$OUT/$p-probe.json")
-    local b4=$((4096 / bs)) b128=$((131072 / bs))
-    iperf "$p-iscsiperf-seq4k-qd32" "$url" -m 32 -b "$b4"
-    gyre "$p-gyre-seq4k-qd32" "$url" --rw read --bs 4k --qd 32
-    iperf "$p-iscsiperf-rand4k-qd32" "$url" -m 32 -b "$b4" -r
-    gyre "$p-gyre-rand4k-qd32" "$url" --rw randread --bs 4k --qd 32
-    iperf "$p-iscsiperf-seq4k-qd1" "$url" -m 1 -b "$b4"
-    gyre "$p-gyre-seq4k-qd1" "$url" --rw read --bs 4k --qd 1
-    iperf "$p-iscsiperf-seq128k-qd32" "$url" -m 32 -b "$b128"
-    gyre "$p-gyre-seq128k-qd32" "$url" --rw read --bs 128k --qd 32
+    local b4=$((4096 / bs)) b128=$((131072 / bs)) r
+    for ((r = 1; r <= REPEAT; r++)); do
+        # Alternate which client goes first, so that drift in the machine's load evens out.
+        pair "$r" "$p" seq4k-qd32 "$url" "-m 32 -b $b4" "--rw read --bs 4k --qd 32"
+        pair "$r" "$p" rand4k-qd32 "$url" "-m 32 -b $b4 -r" "--rw randread --bs 4k --qd 32"
+        pair "$r" "$p" seq4k-qd1 "$url" "-m 1 -b $b4" "--rw read --bs 4k --qd 1"
+        pair "$r" "$p" seq128k-qd32 "$url" "-m 32 -b $b128" "--rw read --bs 128k --qd 32"
+    done
+}
+
+# Both clients on one workload: pair REPEAT PREFIX KEY URL ISCSI-PERF-ARGS GYRE-PERF-ARGS
+pair() {
+    local r="$1" p="$2" key="$3" url="$4" iargs="$5" gargs="$6"
+    # shellcheck disable=SC2086 # the argument strings are word lists
+    if ((r % 2)); then
+        iperf "$p-iscsiperf-$key-r$r" "$url" $iargs
+        gyre "$p-gyre-$key-r$r" "$url" $gargs
+    else
+        gyre "$p-gyre-$key-r$r" "$url" $gargs
+        iperf "$p-iscsiperf-$key-r$r" "$url" $iargs
+    fi
 }
 
 echo "== results in $OUT ($T s per run; targets on core $TARGET_CORE, clients on core $CLIENT_CORE; idle $IDLE)"
@@ -172,7 +188,7 @@ if [[ "${SKIP_GYRED:-0}" != 1 && -x "$GYRED" ]]; then
     if wait_port 127.0.0.1 3260 0; then
         echo "bench-iscsi: something already listens on $GYRED_PORTAL; gyred rows skipped" >&2
     else
-        echo "== starting gyred (core $TARGET_CORE, polling)"
+        echo "== starting gyred (core $TARGET_CORE, idle $IDLE)"
         taskset -c "$TARGET_CORE" "$GYRED" --cores "$TARGET_CORE" --idle "$IDLE" \
             --rpc-socket "$GYRED_SOCK" >"$OUT/gyred.log" 2>&1 &
         GYRED_PID=$!
@@ -192,26 +208,34 @@ fi
 [[ "$GYRED_OK" == 1 ]] || echo "bench-iscsi: the gyred rows are unavailable" >&2
 
 python3 - "$OUT" <<'PY'
-import json, os, re, sys
+import glob, json, os, re, statistics, sys
 
 out = sys.argv[1]
 
-def gyre(name):
-    path = os.path.join(out, name + ".json")
-    if not os.path.exists(path):
+def runs(name, ext):
+    return sorted(glob.glob(os.path.join(out, f"{name}-r*.{ext}")))
+
+def median_of(results):
+    results = [r for r in results if r is not None]
+    if not results:
         return None
-    with open(path) as f:
-        r = json.load(f)
-    return {"iops": r["iops"], "p99": r["latency_us"]["p99"], "errors": r["errors"]}
+    mid = statistics.median_low([r["iops"] for r in results])
+    pick = next(r for r in results if r["iops"] == mid)
+    return dict(pick, n=len(results), all=[round(r["iops"]) for r in results])
+
+def gyre(name):
+    def one(path):
+        with open(path) as f:
+            r = json.load(f)
+        return {"iops": r["iops"], "p99": r["latency_us"]["p99"], "errors": r["errors"]}
+    return median_of([one(p) for p in runs(name, "json")])
 
 def iperf(name):
-    path = os.path.join(out, name + ".txt")
-    if not os.path.exists(path):
-        return None
-    with open(path, errors="replace") as f:
-        text = f.read()
-    m = re.findall(r"iops average (\d+)", text)
-    return {"iops": float(m[-1])} if m else None
+    def one(path):
+        with open(path, errors="replace") as f:
+            m = re.findall(r"iops average (\d+)", f.read())
+        return {"iops": float(m[-1])} if m else None
+    return median_of([one(p) for p in runs(name, "txt")])
 
 def num(v, width, prec):
     text = f"{v:.{prec}f}" if v is not None else "-"
@@ -240,7 +264,8 @@ for label, key in loads:
             print(f"{label:<15} {tgt:<6} {'unavailable':>11}")
             continue
         print(f"{label:<15} {tgt:<6} {num(i and i['iops'], 11, 0)} {num(g and g['iops'], 11, 0)} "
-              f"{num(ratio(g and g['iops'], i and i['iops']), 11, 2)} {num(g and g['p99'], 12, 1)}")
+              f"{num(ratio(g and g['iops'], i and i['iops']), 11, 2)} {num(g and g['p99'], 12, 1)}"
+              f"   runs: iscsi-perf {i and i['all']} gyre-perf {g and g['all']}")
 print()
 hdr2 = f"{'workload':<15} {'client':<11} {'gyred/tgt':>10}"
 print(hdr2)
@@ -249,7 +274,8 @@ for label, key in loads:
     (ti, tg), (gi, gg) = by[("tgt", key)], by[("gyred", key)]
     for client, t, g in (("iscsi-perf", ti, gi), ("gyre-perf", tg, gg)):
         print(f"{label:<15} {client:<11} {num(ratio(g and g['iops'], t and t['iops']), 10, 2)}")
-print("\n(gyre/iscsi: gyre-perf IOPS over iscsi-perf IOPS against the same target, both on the"
-      " client core; within 15% means the client is not the bottleneck)")
+print("\n(IOPS are medians of the runs listed; gyre/iscsi: gyre-perf IOPS over iscsi-perf IOPS"
+      " against the same target, both on the client core; within 15% means the client is not"
+      " the bottleneck)")
 sys.exit(1 if failed else 0)
 PY
