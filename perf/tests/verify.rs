@@ -275,6 +275,44 @@ fn verify_over_iscsi_against_tgt() {
         assert_eq!(u(v, "mismatches"), 0, "{extra:?}: {v}");
         assert!(u(v, "blocks_checked") > 0, "{extra:?}: {v}");
     }
+    // CHAP from the URL's credentials; a wrong secret is refused at login.
+    let chap = format!(
+        "iscsi://{}%{}@127.0.0.1:{}/{}/1",
+        common::TGT_CHAP_USER,
+        common::TGT_CHAP_SECRET,
+        tgt.port,
+        common::TGT_CHAP_IQN
+    );
+    let run = gyre_perf(
+        &[
+            "run", &chap, "--cores", "0", "--idle", "hybrid", "--json", "-q", "--size", "1M",
+            "--rw", "randrw", "--ios", "500", "--verify",
+        ],
+        LIMIT,
+    );
+    assert_eq!(run.code, Some(0), "CHAP: {}\n{}", run.stdout, run.stderr);
+    let r = json(&run);
+    assert!(
+        !r["target"]["spec"]
+            .as_str()
+            .unwrap_or("")
+            .contains(common::TGT_CHAP_SECRET),
+        "the secret stays out of the report"
+    );
+    let wrong = format!(
+        "iscsi://{}%wrong-secret-99@127.0.0.1:{}/{}/1",
+        common::TGT_CHAP_USER,
+        tgt.port,
+        common::TGT_CHAP_IQN
+    );
+    let run = gyre_perf(
+        &[
+            "run", &wrong, "--cores", "0", "--idle", "hybrid", "--rw", "read",
+        ],
+        LIMIT,
+    );
+    assert_eq!(run.code, Some(2), "{}", run.stderr);
+    assert!(run.stderr.contains("cannot log in"), "{}", run.stderr);
     // A wrong target name fails cleanly (exit 2, a message, no panic).
     let bad = format!(
         "iscsi://127.0.0.1:{}/iqn.2024-01.io.gyre.perf-test:nope/1",

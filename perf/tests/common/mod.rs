@@ -21,6 +21,10 @@ pub struct Tgtd {
     image: PathBuf,
 }
 
+/// The CHAP-protected target (same LUN) and its credentials.
+pub const TGT_CHAP_IQN: &str = "iqn.2024-01.io.gyre.perf-test:chap";
+pub const TGT_CHAP_USER: &str = "perfuser";
+pub const TGT_CHAP_SECRET: &str = "perf-secret-1234";
 pub const TGT_IQN: &str = "iqn.2024-01.io.gyre.perf-test:ram";
 
 impl Tgtd {
@@ -79,6 +83,54 @@ impl Tgtd {
             ],
             &[
                 "--op", "bind", "--mode", "target", "--tid", "1", "-I", "ALL",
+            ],
+            // A second target, the same LUN behind CHAP.
+            &[
+                "--op",
+                "new",
+                "--mode",
+                "target",
+                "--tid",
+                "2",
+                "-T",
+                TGT_CHAP_IQN,
+            ],
+            &[
+                "--op",
+                "new",
+                "--mode",
+                "logicalunit",
+                "--tid",
+                "2",
+                "--lun",
+                "1",
+                "-b",
+                &img,
+                "--bstype",
+                "rdwr",
+            ],
+            &[
+                "--op", "bind", "--mode", "target", "--tid", "2", "-I", "ALL",
+            ],
+            &[
+                "--op",
+                "new",
+                "--mode",
+                "account",
+                "--user",
+                TGT_CHAP_USER,
+                "--password",
+                TGT_CHAP_SECRET,
+            ],
+            &[
+                "--op",
+                "bind",
+                "--mode",
+                "account",
+                "--tid",
+                "2",
+                "--user",
+                TGT_CHAP_USER,
             ],
         ] {
             assert!(adm(args), "tgtadm {args:?}");

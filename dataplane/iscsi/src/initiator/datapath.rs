@@ -1581,6 +1581,39 @@ mod tests {
     }
 
     #[test]
+    fn nop_in_pings_are_answered_with_their_data() {
+        let (mut ini, stream) = pair(params(true), 100);
+        let mut peer = Peer {
+            stream,
+            rx: Vec::new(),
+            digests: Digests {
+                header: true,
+                data: true,
+            },
+        };
+        let mut done = Vec::new();
+        peer.send(
+            BhsBody::NopIn(crate::bhs::NopIn {
+                itt: RESERVED_TAG,
+                ttt: 0x77,
+                stat_sn: 1,
+                exp_cmd_sn: 1,
+                max_cmd_sn: 100,
+                ..crate::bhs::NopIn::default()
+            }),
+            b"ping",
+        );
+        let (bhs, data) = peer.read_pdu(&mut ini, &mut done);
+        let BhsBody::NopOut(n) = bhs.body else {
+            panic!("{bhs:?}")
+        };
+        assert!(n.immediate);
+        assert_eq!((n.itt, n.ttt, n.cmd_sn), (RESERVED_TAG, 0x77, 1));
+        assert_eq!(data, b"ping");
+        assert!(!ini.is_failed());
+    }
+
+    #[test]
     fn a_protocol_violation_fails_every_command_and_returns_the_buffers() {
         let (mut ini, stream) = pair(params(false), 100);
         let mut peer = Peer {
