@@ -92,8 +92,9 @@ pub struct CommonArgs {
     /// uring: open without O_DIRECT (through the page cache).
     #[arg(long)]
     pub buffered: bool,
-    /// Connections (iSCSI sessions, NVMe/TCP I/O queues), spread over the cores [default:
-    /// one per core].
+    /// Connections (iSCSI sessions, NVMe/TCP I/O queues), spread over the cores, each with
+    /// --qd I/Os in flight (a bdev's channel carries its reactor's share) [default: one per
+    /// core].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub connections: Option<u32>,
     #[command(flatten)]
