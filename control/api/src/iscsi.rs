@@ -149,6 +149,13 @@ pub struct TargetInfo {
     pub redirect: Option<Redirect>,
 }
 
+/// `iscsi_disconnect_session`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionRef {
+    pub tsih: u16,
+}
+
 /// A session as listed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionInfo {

@@ -4,7 +4,7 @@
 use clap::{Args, Subcommand};
 use gyre_api::iscsi::{
     AddLun, Chap, CreateInitiatorGroup, CreatePortalGroup, CreateTarget, GroupRef, LunParams,
-    RemoveLun, SetTargetChap, TargetRef,
+    RemoveLun, SessionRef, SetTargetChap, TargetRef,
 };
 use gyre_api::ClientError;
 use serde::Serialize;
@@ -28,6 +28,8 @@ pub enum Command {
     DiscoveryAuth(ChapArgs),
     /// Logged-in sessions.
     Sessions,
+    /// Close a session's connection (the initiator may log in again).
+    Disconnect { tsih: u16 },
 }
 
 #[derive(Subcommand, Debug)]
@@ -274,6 +276,10 @@ pub fn run(cmd: Command, ctx: &mut Ctx) -> Result<Output, ClientError> {
             Output::new(call(ctx, "iscsi_set_discovery_auth", &chap.chap())?, done)
         }
         Command::Sessions => Output::new(ctx.call("iscsi_get_sessions", None)?, sessions_table),
+        Command::Disconnect { tsih } => Output::new(
+            call(ctx, "iscsi_disconnect_session", &SessionRef { tsih })?,
+            done,
+        ),
     })
 }
 

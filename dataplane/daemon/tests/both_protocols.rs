@@ -220,6 +220,35 @@ fn export_built_with_gyrectl_survives_restart_through_both_protocols() {
         nvme_io(&mut q, false, ns, &cache, 64, &mut got);
         assert!(got == iscsi_data, "NVMe/TCP reads what iSCSI wrote");
         i.logout(T).expect("logout");
+
+        // Connections are listed, and an operator can end one.
+        let mut other = iscsi_connect(iscsi_addr);
+        let sessions: serde_json::Value =
+            serde_json::from_str(&ctl(&["--json", "iscsi", "sessions"])).expect("JSON");
+        let list = sessions.as_array().expect("session list");
+        assert_eq!(list.len(), 1, "{sessions}");
+        assert_eq!(list[0]["initiator_name"], INITIATOR);
+        assert_eq!(list[0]["target_name"], IQN);
+        let tsih = list[0]["tsih"].as_u64().expect("tsih").to_string();
+        ctl(&["iscsi", "disconnect", &tsih]);
+        assert!(
+            other
+                .read(Lun::from_index(0), 0, 1, BS as u32, false, T)
+                .is_err(),
+            "the disconnected session no longer serves I/O"
+        );
+        let deadline = Instant::now() + T;
+        while ctl(&["--json", "iscsi", "sessions"]).trim() != "[]" {
+            assert!(Instant::now() < deadline, "session still listed");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let controllers: serde_json::Value =
+            serde_json::from_str(&ctl(&["--json", "nvmf", "controller", "list"])).expect("JSON");
+        assert_eq!(
+            controllers.as_array().map(Vec::len),
+            Some(1),
+            "{controllers}"
+        );
         drop(q);
         ctrl.disconnect().expect("NVMe/TCP disconnect");
     }

@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use gyre_api::iscsi::{
     AddLun, Chap, CreateInitiatorGroup, CreatePortalGroup, CreateTarget, GroupRef,
-    InitiatorGroupInfo, LunParams, PortalGroupInfo, Redirect, RemoveLun, SessionInfo,
+    InitiatorGroupInfo, LunParams, PortalGroupInfo, Redirect, RemoveLun, SessionInfo, SessionRef,
     SetTargetChap, TargetInfo, TargetRef,
 };
 use gyre_api::{codes, ConfigCall};
@@ -150,6 +150,12 @@ const METHODS: &[MethodInfo] = &[
         mutates: false,
     },
     MethodInfo {
+        name: "iscsi_disconnect_session",
+        description: "Close a session's connection (the initiator may log in again)",
+        params: &[ParamInfo::required("tsih", "integer", "the session's TSIH")],
+        mutates: false,
+    },
+    MethodInfo {
         name: "iscsi_get_sessions",
         description: "List logged-in sessions",
         params: &[],
@@ -163,6 +169,7 @@ fn err(e: IscsiTargetError) -> RpcError {
         IscsiTargetError::PortalGroupNotFound(_)
         | IscsiTargetError::InitiatorGroupNotFound(_)
         | IscsiTargetError::TargetNotFound(_)
+        | IscsiTargetError::SessionNotFound(_)
         | IscsiTargetError::LunNotFound(..) => RpcError::new(codes::NOT_FOUND, msg),
         IscsiTargetError::PortalGroupExists(_)
         | IscsiTargetError::InitiatorGroupExists(_)
@@ -394,6 +401,11 @@ impl Module for IscsiModule {
                 Ok(Value::Bool(true))
             }
             "iscsi_get_targets" => to_result(&self.targets()),
+            "iscsi_disconnect_session" => {
+                let p: SessionRef = parse(params)?;
+                t.disconnect_session(p.tsih).map_err(err)?;
+                Ok(Value::Bool(true))
+            }
             "iscsi_get_sessions" => {
                 let list: Vec<SessionInfo> = t
                     .sessions()

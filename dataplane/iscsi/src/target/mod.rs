@@ -53,6 +53,8 @@ pub enum IscsiTargetError {
     InitiatorGroupExists(u16),
     #[error("no initiator group {0}")]
     InitiatorGroupNotFound(u16),
+    #[error("no session with TSIH {0}")]
+    SessionNotFound(u16),
     #[error("initiator group {0} is used by target '{1}'")]
     InitiatorGroupInUse(u16, String),
     #[error("target '{0}' already exists")]
@@ -597,6 +599,22 @@ impl IscsiTarget {
 
     pub fn discovery_auth(&self) -> AuthConfig {
         lock(&self.shared.discovery_auth).clone()
+    }
+
+    /// Closes a session's connection (the initiator may log in again).
+    pub fn disconnect_session(&self, tsih: u16) -> Result<(), IscsiTargetError> {
+        let sessions = lock(&self.shared.sessions);
+        let entry = sessions
+            .by_tsih
+            .get(&tsih)
+            .ok_or(IscsiTargetError::SessionNotFound(tsih))?;
+        tracing::info!(
+            tsih,
+            initiator = %entry.info.initiator_name,
+            "iscsi: session disconnected by request"
+        );
+        entry.kill.store(true, Ordering::Release);
+        Ok(())
     }
 
     pub fn sessions(&self) -> Vec<SessionInfo> {
