@@ -36,6 +36,11 @@ impl TempDir {
 
 impl Drop for TempDir {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Keep gyred's logs and files of a failed test for a post-mortem.
+            eprintln!("test files kept in {}", self.0.display());
+            return;
+        }
         let _ = std::fs::remove_dir_all(&self.0);
     }
 }
