@@ -704,23 +704,35 @@ impl SgList {
         len: usize,
         mut f: impl FnMut(&mut [u8]),
     ) -> bool {
+        let mut done = 0;
+        for chunk in self.chunks_mut(offset, len) {
+            done += chunk.len();
+            f(chunk);
+        }
+        done == len
+    }
+
+    /// The byte ranges covering `[offset, offset + len)` of the list, in order, as mutable
+    /// slices (fewer bytes if the list is shorter): what a `readv` straight into the list
+    /// takes.
+    pub fn chunks_mut(&mut self, offset: usize, len: usize) -> impl Iterator<Item = &mut [u8]> {
         let mut skip = offset;
         let mut left = len;
-        for b in &mut self.bufs {
+        self.bufs.iter_mut().filter_map(move |b| {
             if left == 0 {
-                break;
+                return None;
             }
-            let s = b.as_mut_slice();
+            let s = IoBuf::as_mut_slice(b);
             if skip >= s.len() {
                 skip -= s.len();
-                continue;
+                return None;
             }
             let n = (s.len() - skip).min(left);
-            f(&mut s[skip..skip + n]);
+            let chunk = &mut s[skip..skip + n];
             skip = 0;
             left -= n;
-        }
-        left == 0
+            Some(chunk)
+        })
     }
 
     /// Copies `src` into the start of the list. Returns false if the list is too short.
@@ -853,6 +865,19 @@ mod tests {
         }));
         assert_eq!(chunks, 2);
         assert!(!sg.copy_to_slice(&mut vec![0u8; src.len() + 1]));
+        // The same range as mutable slices: 6 bytes at the end of the first segment, 4 at
+        // the start of the second; past the end the ranges stop short.
+        let lens: Vec<usize> = sg.chunks_mut(65530, 10).map(|c| c.len()).collect();
+        assert_eq!(lens, vec![6, 4]);
+        for c in sg.chunks_mut(65530, 10) {
+            c.fill(0xEE);
+        }
+        assert!(sg.copy_to_slice(&mut back));
+        assert!(back[65530..65540].iter().all(|&b| b == 0xEE));
+        assert_eq!(back[65529], src[65529]);
+        assert_eq!(back[65540], src[65540]);
+        let total: usize = sg.chunks_mut(65536, 8192).map(|c| c.len()).sum();
+        assert_eq!(total, 4096);
     }
 
     #[test]

@@ -1013,23 +1013,11 @@ impl DataPathConnection {
                     let Some(buf) = self.slots[usize::from(slot)].buf.as_mut() else {
                         return Err(DataPathError::Protocol("no buffer"));
                     };
-                    let mut skip = pdu_offset + (pdu_len - left);
-                    let mut want = left;
-                    for seg in buf.segments_mut() {
-                        if want == 0 || count == MAX_RX_SEGMENTS {
-                            break;
-                        }
-                        let s = seg.as_mut_slice();
-                        if skip >= s.len() {
-                            skip -= s.len();
-                            continue;
-                        }
-                        let n = (s.len() - skip).min(want);
-                        iov[count] = IoSliceMut::new(&mut s[skip..skip + n]);
+                    let at = pdu_offset + (pdu_len - left);
+                    for chunk in buf.chunks_mut(at, left).take(MAX_RX_SEGMENTS) {
+                        data_room += chunk.len();
+                        iov[count] = IoSliceMut::new(chunk);
                         count += 1;
-                        data_room += n;
-                        want -= n;
-                        skip = 0;
                     }
                 }
                 let full_data = data_room == left;

@@ -848,23 +848,11 @@ impl IscsiConnection {
         }
         self.rs = 0;
         self.re = 0;
-        let mut iov: SmallVec<[IoSliceMut<'_>; 10]> = SmallVec::new();
-        let mut skip = offset;
-        let mut want = remaining;
-        for seg in t.buf.segments_mut() {
-            if want == 0 {
-                break;
-            }
-            let bytes = seg.as_mut_slice();
-            if skip >= bytes.len() {
-                skip -= bytes.len();
-                continue;
-            }
-            let take = (bytes.len() - skip).min(want);
-            iov.push(IoSliceMut::new(&mut bytes[skip..skip + take]));
-            want -= take;
-            skip = 0;
-        }
+        let mut iov: SmallVec<[IoSliceMut<'_>; 10]> = t
+            .buf
+            .chunks_mut(offset, remaining)
+            .map(IoSliceMut::new)
+            .collect();
         iov.push(IoSliceMut::new(&mut self.staging[..]));
         match self.socket.recv_vectored(&mut iov) {
             Ok(Recv::Data(n)) => {
