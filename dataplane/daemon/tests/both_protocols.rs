@@ -6,10 +6,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{gyrectl_ok, Gyred, TempDir};
+use common::{free_port, gyrectl_ok, Gyred, TempDir};
 use gyre_iscsi::bhs::Isid;
 use gyre_iscsi::initiator::{ConnectOptions, IscsiInitiator};
 use gyre_iscsi::login::{InitiatorAuth, InitiatorLoginConfig};
@@ -24,13 +24,6 @@ const IQN: &str = "iqn.2016-06.io.gyre:both";
 const INITIATOR: &str = "iqn.2016-06.io.gyre:test-initiator";
 const BS: usize = 4096;
 const T: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn pattern(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;

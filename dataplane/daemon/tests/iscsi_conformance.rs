@@ -16,7 +16,7 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Gyred, TempDir};
+use common::{free_port, Gyred, TempDir};
 
 const IQN: &str = "iqn.2016-06.io.gyre:conformance";
 /// Bound on one family's run.
@@ -31,13 +31,6 @@ fn find_tool(name: &str) -> Option<PathBuf> {
         .chain(["/usr/bin", "/usr/local/bin"].iter().map(PathBuf::from))
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("free port")
-        .port()
 }
 
 /// Runs `tool args` for at most `timeout`; returns (completed, stdout+stderr).

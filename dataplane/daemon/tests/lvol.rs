@@ -5,10 +5,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{gyrectl, gyrectl_ok, Gyred, TempDir};
+use common::{free_port, gyrectl, gyrectl_ok, Gyred, TempDir};
 use gyre_nvmf::host::{CommandError, Controller, HostOptions, IoQueue, Namespace};
 use gyre_reactor::{BufferPool, ClassConfig, PoolCache, PoolConfig};
 use serde_json::{json, Value};
@@ -16,13 +16,6 @@ use serde_json::{json, Value};
 const NQN: &str = "nqn.2016-06.io.gyre:lvol";
 const BS: usize = 4096;
 const CLUSTER: u64 = 64 << 10;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn json_of(sock: &std::path::Path, args: &[&str]) -> Value {
     let mut all = vec!["--json"];

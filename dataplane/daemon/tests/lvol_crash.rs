@@ -12,11 +12,11 @@
 mod common;
 
 use std::collections::{HashMap, HashSet};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Gyred, TempDir};
+use common::{free_port, Gyred, TempDir};
 use gyre_nvmf::host::{Controller, HostOptions, IoQueue, Namespace};
 use gyre_reactor::{BufferPool, ClassConfig, PoolCache, PoolConfig};
 use serde_json::{json, Value};
@@ -28,13 +28,6 @@ const VOLUME_BLOCKS: u64 = 4096;
 const CLUSTER_BLOCKS: u64 = 16;
 const QD: usize = 8;
 const TIMEOUT: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn rpc(g: &Gyred, method: &str, params: Value) -> Value {
     g.client()

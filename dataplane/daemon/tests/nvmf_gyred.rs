@@ -7,10 +7,10 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{gyrectl_ok, Gyred, TempDir};
+use common::{free_port, gyrectl_ok, Gyred, TempDir};
 use gyre_nvme::{Command, SglDescriptor, Status};
 use gyre_nvmf::host::{
     discover, CommandError, Controller, HostOptions, IoCompletion, IoQueue, Namespace, Transfer,
@@ -22,13 +22,6 @@ const NQN: &str = "nqn.2016-06.io.gyre:gyred-target";
 const ALLOWED: &str = "nqn.2014-08.org.nvmexpress:uuid:0f0e0d0c-0b0a-4908-8706-050403020100";
 const BS: usize = 4096;
 const T: Duration = Duration::from_secs(20);
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn start(dir: &TempDir, port: u16) -> Gyred {
     let cfg = format!(

@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Gyred, TempDir};
+use common::{free_port, Gyred, TempDir};
 use gyre_nvmf::host::{
     discover, Controller, HostOptions, IoCompletion, IoQueue, Namespace, QueueState,
     ReconnectPolicy,
@@ -21,14 +21,6 @@ const TIMEOUT: Duration = Duration::from_secs(20);
 /// subsystem being asked.
 const SUBTYPE_NVME: u8 = 2;
 const SUBTYPE_CURRENT_DISCOVERY: u8 = 3;
-
-/// A port nobody listens on right now.
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 /// A configuration exporting a 64 MiB RAM disk as NSID 1 of `NQN` on `port`.
 fn write_config(path: &Path, port: u16) {

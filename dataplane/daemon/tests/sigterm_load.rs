@@ -7,11 +7,11 @@
 mod common;
 
 use std::collections::HashMap;
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{Gyred, TempDir};
+use common::{free_port, Gyred, TempDir};
 use gyre_nvmf::host::{Controller, HostOptions, IoQueue, Namespace, QueueState, ReconnectPolicy};
 use gyre_reactor::{BufferPool, ClassConfig, PoolCache, PoolConfig};
 
@@ -19,13 +19,6 @@ const NQN: &str = "nqn.2016-06.io.gyre:sigterm";
 const BLOCKS: u64 = 2048;
 const BS: usize = 4096;
 const DEPTH: usize = 32;
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("free port")
-}
 
 fn write_config(path: &Path, disk: &Path, port: u16) {
     let cfg = format!(

@@ -376,3 +376,11 @@ pub fn sample(samples: &[Sample], name: &str, labels: &[(&str, &str)]) -> Option
         })
         .map(|s| s.value)
 }
+
+/// A loopback port nobody listens on right now (for a listener a test restarts on).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
