@@ -46,6 +46,9 @@ pub struct PoolDescription {
     pub uuid: Uuid,
     pub base_bdev: String,
     pub cluster_size: u64,
+    /// Where the data clusters start on the base bdev, in bytes.
+    #[serde(default)]
+    pub data_offset: u64,
     pub total_bytes: u64,
     pub used_bytes: u64,
     pub free_bytes: u64,

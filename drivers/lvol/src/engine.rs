@@ -435,6 +435,7 @@ impl Engine {
             uuid: self.sb().uuid,
             base_bdev: String::new(),
             cluster_size: cs,
+            data_offset: self.sb().data_offset,
             total_clusters: total,
             free_clusters: m.free_clusters(),
             provisioned_bytes: provisioned,

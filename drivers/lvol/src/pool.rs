@@ -315,6 +315,9 @@ pub struct PoolInfo {
     pub uuid: Uuid,
     pub base_bdev: String,
     pub cluster_size: u64,
+    /// Where the first data cluster starts on the base, in bytes (after the superblock and
+    /// the two metadata regions).
+    pub data_offset: u64,
     pub total_clusters: u64,
     pub free_clusters: u64,
     /// Bytes promised to (non-snapshot) volumes.

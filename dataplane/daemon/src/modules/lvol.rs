@@ -176,6 +176,7 @@ fn describe_pool(p: &PoolInfo, volumes: usize) -> PoolDescription {
         uuid: p.uuid,
         base_bdev: p.base_bdev.clone(),
         cluster_size: p.cluster_size,
+        data_offset: p.data_offset,
         total_bytes: p.total_bytes(),
         used_bytes: p.used_bytes(),
         free_bytes: p.free_bytes(),
