@@ -208,6 +208,15 @@ def figures(what, rw):
             cost.append(frac * 1e6 / res["iops"])
     return statistics.median(iops), (statistics.median(cost) if cost else None)
 
+def per_round(rw):
+    # Each round's two runs are minutes apart at most: their ratio cancels slow drift.
+    ratios = []
+    for r in range(1, rounds + 1):
+        v = json.load(open(os.path.join(out, f"r{r}-volume-{rw}.json")))["iops"]
+        b = json.load(open(os.path.join(out, f"r{r}-base-{rw}.json")))["iops"]
+        ratios.append(v / b)
+    return statistics.median(ratios), min(ratios), max(ratios)
+
 print()
 print(f"4K QD32 over NVMe/TCP, medians of {rounds} rounds")
 print(f"{'workload':<10} {'base IOPS':>12} {'volume IOPS':>12} {'vol/base':>9}"
@@ -217,6 +226,9 @@ for rw in ("randread", "randwrite"):
     vi, vc = figures("volume", rw)
     cost = (f" {bc:>11.3f} {vc:>10.3f} {bc / vc:>9.3f}" if bc and vc else "")
     print(f"{rw:<10} {bi:>12,.0f} {vi:>12,.0f} {vi / bi:>9.3f}{cost}")
+for rw in ("randread", "randwrite"):
+    med, lo, hi = per_round(rw)
+    print(f"{rw}: volume/base IOPS within a round: median {med:.3f} (from {lo:.3f} to {hi:.3f})")
 print("µs/IO: the target reactor's busy time per I/O; base/vol is the volume's share of the "
       "base's cost per I/O, as IOPS would be if the target were the only limit.")
 PY
