@@ -42,8 +42,7 @@ struct Group {
     /// Connections by slot; the epoll token is the slot index.
     conns: Vec<Option<TargetConnection>>,
     free: Vec<usize>,
-    /// Connections with work beyond socket readiness (bdev I/O in flight, output queued,
-    /// buffers awaited, events to deliver).
+    /// The target is shutting down: no more connections are adopted.
     shutting_down: bool,
 }
 
@@ -136,11 +135,14 @@ impl Group {
         }
     }
 
+    /// Serves an accepted connection; the acceptor has already counted it in `connections`,
+    /// so a connection refused here is uncounted again.
     fn adopt(&mut self, socket: TcpConnection, peer: SocketAddr, listener: ListenAddress) {
         let Some(target) = self.target() else {
             return;
         };
         if self.shutting_down {
+            self.connections.fetch_sub(1, Ordering::Relaxed);
             return;
         }
         let slot = self.free.pop().unwrap_or_else(|| {
@@ -150,6 +152,7 @@ impl Group {
         if let Err(e) = self.sockets.add(&socket, slot as u64, Interest::READ) {
             tracing::warn!(%peer, error = %e, "nvmf: cannot poll connection; dropping it");
             self.free.push(slot);
+            self.connections.fetch_sub(1, Ordering::Relaxed);
             return;
         }
         let id = target.next_connection_id.fetch_add(1, Ordering::Relaxed);
@@ -183,7 +186,7 @@ impl Group {
                 .connections
                 .fetch_add(1, Ordering::Relaxed);
             if dest == self.index {
-                self.adopt_counted(conn, peer, addr);
+                self.adopt(conn, peer, addr);
             } else if let Err(GroupMsg::Adopt { socket, .. }) =
                 target.groups[dest].sender.send(GroupMsg::Adopt {
                     socket: conn,
@@ -198,11 +201,6 @@ impl Group {
                 socket.shutdown();
             }
         }
-    }
-
-    fn adopt_counted(&mut self, socket: TcpConnection, peer: SocketAddr, listener: ListenAddress) {
-        // Adopt expects the count raised by the acceptor.
-        self.adopt(socket, peer, listener);
     }
 
     fn poll(&mut self) -> PollStatus {
