@@ -77,30 +77,10 @@ cat >"$OUT/gyred.json" <<EOF
 }
 EOF
 
-GYRED_PID=
-cleanup() {
-    if [[ -n "$GYRED_PID" ]] && kill -0 "$GYRED_PID" 2>/dev/null; then
-        kill -TERM "$GYRED_PID" 2>/dev/null || true
-        for _ in $(seq 100); do
-            kill -0 "$GYRED_PID" 2>/dev/null || break
-            sleep 0.1
-        done
-        kill -KILL "$GYRED_PID" 2>/dev/null || true
-    fi
-    rm -f "$SOCK"
-}
-trap cleanup EXIT
-
+# shellcheck source=ci/lib-gyred.sh
+source "$ROOT/ci/lib-gyred.sh"
 echo "== starting gyred: core $TARGET_CORE, poll mode, 127.0.0.1:$PORT"
-taskset -c "$TARGET_CORE" "$GYRED" --config "$OUT/gyred.json" --cores "$TARGET_CORE" --idle poll \
-    --rpc-socket "$SOCK" --log-level warn >"$OUT/gyred.log" 2>&1 &
-GYRED_PID=$!
-for _ in $(seq 300); do
-    grep -q "is running" "$OUT/gyred.log" 2>/dev/null && break
-    kill -0 "$GYRED_PID" 2>/dev/null || { cat "$OUT/gyred.log" >&2; die "gyred exited"; }
-    sleep 0.1
-done
-grep -q "is running" "$OUT/gyred.log" || die "gyred did not come up (see $OUT/gyred.log)"
+start_gyred "$TARGET_CORE"
 
 ctl() {
     "$GYRECTL" --socket "$SOCK" "$@" >>"$OUT/gyrectl.log" 2>&1 ||
